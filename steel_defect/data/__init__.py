@@ -1,0 +1,42 @@
+"""Data pipeline: annotations, splits, transforms, datasets and the Lightning DataModule.
+
+Names are imported lazily so that ``import steel_defect.data`` (and ``python -m steel_defect.data.stats``)
+does not pull in Lightning, torch or albumentations until they are needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "AnnotationError": "annotations",
+    "read_train_csv": "annotations",
+    "load_annotations": "annotations",
+    "stratify_key": "annotations",
+    "notebook_split": "splits",
+    "kfold_split": "splits",
+    "make_split": "splits",
+    "save_split": "splits",
+    "load_split": "splits",
+    "build_transforms": "transforms",
+    "ImageReadError": "dataset",
+    "read_image": "dataset",
+    "SteelDataset": "dataset",
+    "PredictDataset": "dataset",
+    "predict_collate": "dataset",
+    "blackout_defect": "blackout",
+    "SteelDataModule": "datamodule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its submodule on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

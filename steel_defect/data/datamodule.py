@@ -1,0 +1,296 @@
+"""``SteelDataModule``: annotations -> reproducible split -> datasets -> loaders, for Lightning and Hydra.
+
+All constructor arguments are plain values (Hydra instantiates the class from ``conf/data/*.yaml``) and are
+saved as hyper-parameters. The split is computed once per run and, when ``split_file`` is set, stored there
+(or re-read from there), so a run's split lives next to the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
+from steel_defect.data.annotations import DEFECT_COLUMNS, load_annotations
+from steel_defect.data.dataset import PredictDataset, SteelDataset, predict_collate
+from steel_defect.data.splits import (
+    DEFAULT_SPLIT,
+    load_split,
+    make_split,
+    normalise_split_cfg,
+    save_split,
+    split_parts,
+)
+from steel_defect.data.transforms import build_transforms
+
+__all__ = ["SteelDataModule", "oversample_weights", "class_frequencies"]
+
+log = logging.getLogger(__name__)
+
+AUGMENT_KEYS = ("hflip_p", "vflip_p", "brightness_contrast_p", "brightness_limit", "contrast_limit")
+OVERSAMPLE_KEYS = ("power",)
+
+
+def _plain(value: Any) -> Any:
+    """Nested Mappings/lists (e.g. OmegaConf containers) as plain dicts/lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_keys(name: str, value: Mapping[str, Any] | None, valid: tuple[str, ...]) -> dict[str, Any]:
+    """``value`` as a dict after checking that it only uses ``valid`` keys."""
+    value = _plain(value) or {}
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise ValueError(f"data.{name}: unknown keys {unknown}; valid keys: {list(valid)}")
+    return value
+
+
+def class_frequencies(df: pd.DataFrame) -> dict[int, float]:
+    """Fraction of images containing each class, keyed by class id; key 0 is the defect-free fraction."""
+    n = max(len(df), 1)
+    freq = {0: float((df["has_defect"] == 0).sum()) / n}
+    for c, col in enumerate(DEFECT_COLUMNS, start=1):
+        freq[c] = float(df[col].sum()) / n
+    return freq
+
+
+def oversample_weights(df: pd.DataFrame, power: float = 0.5) -> np.ndarray:
+    """Per-image sampling weight: max over present classes of ``(1 / frequency) ** power``.
+
+    Defect-free images get ``(1 / defect_free_frequency) ** power``; ``power=0`` is uniform sampling.
+    """
+    freq = class_frequencies(df)
+    flags = df[DEFECT_COLUMNS].to_numpy().astype(bool)
+    with np.errstate(divide="ignore"):
+        inv = np.array([1.0 / freq[c] if freq[c] > 0 else 0.0 for c in range(1, NUM_CLASSES + 1)]) ** power
+    per_class = np.where(flags, inv[None, :], 0.0).max(axis=1, initial=0.0)
+    free = (1.0 / freq[0]) ** power if freq[0] > 0 else 0.0
+    return np.where(flags.any(axis=1), per_class, free)
+
+
+class SteelDataModule(L.LightningDataModule):
+    """Severstal data: ``root/train_csv`` + ``root/train_images`` for fit/validate/test, ``root/test_images``
+    for predict.
+
+    ``split``: ``{"kind": "notebook", "test_size", "val_size", "seed"}`` (default) or ``{"kind": "kfold",
+    "n_splits", "fold", "seed"}``. ``crop_width``: random training crop width (full height; None = no crop).
+    ``augment``: ``hflip_p``, ``vflip_p``, ``brightness_contrast_p`` (+ ``brightness_limit``,
+    ``contrast_limit``). ``oversample``: ``{"power": p}`` -> weighted sampling of rare classes.
+    ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos). ``synthetic``: keyword
+    arguments of ``steel_defect.synthetic.generate_dataset`` (``shape`` defaults to ``shape``), used by
+    ``prepare_data`` when the csv is absent.
+    ``shape``: image size [H, W] (default ``DEFAULT_SHAPE``).
+
+    Predict batches are lists of same-size sub-batches (see :func:`predict_collate`).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_csv: str = "train.csv",
+        train_images: str = "train_images",
+        test_images: str = "test_images",
+        split: dict | None = None,
+        split_file: str | None = None,
+        crop_width: int | None = 400,
+        batch_size: int = 8,
+        val_batch_size: int = 4,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        augment: dict | None = None,
+        blackout_p: float = 0.0,
+        oversample: dict | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        synthetic: dict | None = None,
+        persistent_workers: bool = False,
+        shape: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if root is None or str(root).strip() in ("", "???"):
+            raise ValueError(
+                "data.root is required: the folder holding train.csv, train_images/, test_images/"
+            )
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+        self.split_cfg: dict[str, Any] = normalise_split_cfg(
+            _plain(split) if split is not None else DEFAULT_SPLIT
+        )
+        self.augment = _check_keys("augment", augment, AUGMENT_KEYS)
+        self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
+        self.synthetic = _plain(synthetic)
+        self.shape: tuple[int, int] = tuple(int(s) for s in (shape or DEFAULT_SHAPE))  # type: ignore[assignment]
+        if len(self.shape) != 2:
+            raise ValueError(f"data.shape must be [height, width], got {shape!r}")
+        for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
+        self.annotations: pd.DataFrame | None = None
+        self.split: dict[str, Any] | None = None
+        self.train_dataset: SteelDataset | None = None
+        self.val_dataset: SteelDataset | None = None
+        self.test_dataset: SteelDataset | None = None
+        self.predict_dataset: PredictDataset | None = None
+
+    # ----------------------------------------------------------------------------------------- preparation
+    @property
+    def csv_path(self) -> Path:
+        return self.root / self.hparams.train_csv
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic data set when ``synthetic`` is set and ``root/train_csv`` is absent."""
+        if self.synthetic is not None and not self.csv_path.exists():
+            from steel_defect.synthetic import generate_dataset
+
+            kwargs = {"shape": list(self.shape), **self.synthetic}
+            log.info("generating a synthetic data set in %s (%s)", self.root, kwargs)
+            generate_dataset(self.root, **kwargs)
+
+    def _load(self) -> pd.DataFrame:
+        """Annotations and split, computed once (split read from / saved to ``split_file`` if set)."""
+        if self.annotations is not None:
+            return self.annotations
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist")
+        if not self.csv_path.exists():
+            hint = " (set data.synthetic to generate a synthetic set)" if self.synthetic is None else ""
+            raise FileNotFoundError(f"annotation csv not found: {self.csv_path}{hint}")
+        df = load_annotations(self.root, self.hparams.train_csv, self.hparams.train_images, shape=self.shape)
+        split_file = self.hparams.split_file
+        if split_file and Path(split_file).exists():
+            split = load_split(split_file)
+            if split.get("cfg") and split["cfg"] != self.split_cfg:
+                log.warning(
+                    "split file %s was made with %s, not the configured %s; using the file",
+                    split_file,
+                    split["cfg"],
+                    self.split_cfg,
+                )
+            unknown = sorted(set().union(*split_parts(split).values()) - set(df["ImageId"]))
+            if unknown:
+                raise ValueError(
+                    f"split file {split_file}: {len(unknown)} ImageIds are not in {self.csv_path.parent}/"
+                    f"{self.hparams.train_images}, e.g. {unknown[:3]}"
+                )
+            log.info("loaded split from %s", split_file)
+        else:
+            split = make_split(df, self.split_cfg)
+            if split_file:
+                save_split(split, split_file)
+                log.info("saved split to %s", split_file)
+        self.split = split
+        self.annotations = df
+        return df
+
+    def _part(self, name: str, limit: int | None = None) -> pd.DataFrame:
+        """Annotation rows of split part ``name`` in split order, the first ``limit`` of them."""
+        df = self._load()
+        ids = split_parts(self.split)[name]
+        if limit is not None:
+            ids = ids[: int(limit)]
+        return df.set_index("ImageId").loc[ids].reset_index()
+
+    def _dataset(self, df: pd.DataFrame, stage: str) -> SteelDataset:
+        hp = self.hparams
+        if stage == "train":
+            transform = build_transforms(
+                "train", crop_width=self._crop_width(), shape=self.shape, **self.augment
+            )
+        else:
+            transform = build_transforms("val", shape=self.shape)
+        seed = int(self.split_cfg.get("seed", 0) or 0)
+        blackout = float(hp.blackout_p) if stage == "train" else 0.0
+        return SteelDataset(
+            df, self.root / hp.train_images, transform, shape=self.shape, blackout_p=blackout, seed=seed
+        )
+
+    def _crop_width(self) -> int | None:
+        crop = self.hparams.crop_width
+        return None if crop is None or int(crop) >= self.shape[1] else int(crop)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets for ``stage`` (fit, validate, test, predict; None = all)."""
+        hp = self.hparams
+        if stage in (None, "fit", "validate", "test"):
+            self._load()
+        if stage in (None, "fit"):
+            self.train_dataset = self._dataset(self._part("train", hp.limit_train), "train")
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = self._dataset(self._part("val", hp.limit_val), "val")
+        if stage in (None, "test"):
+            has_test = "test" in split_parts(self.split)
+            self.test_dataset = self._dataset(self._part("test"), "test") if has_test else None
+        if stage in (None, "predict"):
+            self.predict_dataset = PredictDataset(
+                self.root / hp.test_images, build_transforms("predict"), fallback_shape=self.shape
+            )
+
+    # ---------------------------------------------------------------------------------------------- info
+    @property
+    def class_frequencies(self) -> dict[int, float]:
+        """Class frequencies of the training part (0 = defect-free; see :func:`class_frequencies`)."""
+        self._load()
+        return class_frequencies(self._part("train", self.hparams.limit_train))
+
+    # ------------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset, batch_size: int, shuffle: bool = False, sampler=None, collate_fn=None):
+        hp = self.hparams
+        workers = int(hp.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(batch_size),
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=bool(hp.pin_memory),
+            persistent_workers=bool(hp.persistent_workers) and workers > 0,
+            collate_fn=collate_fn,
+        )
+
+    def _require(self, dataset, stage: str, name: str):
+        if dataset is None:
+            raise RuntimeError(f"{name} dataset is not set up; call setup({stage!r}) first")
+        return dataset
+
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """The oversampling sampler (None without ``oversample``)."""
+        if not self.oversample:
+            return None
+        train = self._require(self.train_dataset, "fit", "train")
+        df = self._part("train", self.hparams.limit_train)
+        weights = oversample_weights(df, float(self.oversample.get("power", 0.5)))
+        return WeightedRandomSampler(weights.tolist(), num_samples=len(train), replacement=True)
+
+    def train_dataloader(self) -> DataLoader:
+        train = self._require(self.train_dataset, "fit", "train")
+        sampler = self.train_sampler()
+        return self._loader(train, self.hparams.batch_size, shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        val = self._require(self.val_dataset, "validate", "validation")
+        return self._loader(val, self.hparams.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None and self.split is not None and "test" not in split_parts(self.split):
+            raise RuntimeError(
+                f"the {self.split.get('cfg', {}).get('kind', 'configured')!r} split has no test part; "
+                "use data.split.kind=notebook for a held-out test set, or validate on the fold"
+            )
+        test = self._require(self.test_dataset, "test", "test")
+        return self._loader(test, self.hparams.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches are ``list[dict]``: one sub-batch per image size (see :func:`predict_collate`)."""
+        predict = self._require(self.predict_dataset, "predict", "predict")
+        return self._loader(predict, self.hparams.val_batch_size, collate_fn=predict_collate)

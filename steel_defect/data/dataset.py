@@ -1,0 +1,234 @@
+"""Torch datasets: labelled steel images (``SteelDataset``) and unlabelled ones for prediction.
+
+Items are dicts of tensors so that the LightningModule reads them by name (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
+from steel_defect.data.annotations import RLE_COLUMNS, AnnotationError, list_images
+from steel_defect.data.blackout import blackout_defect
+from steel_defect.data.transforms import build_transforms
+from steel_defect.rle import rle_decode
+
+__all__ = ["ImageReadError", "read_image", "SteelDataset", "PredictDataset", "predict_collate"]
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[..., dict[str, Any]]
+
+
+class ImageReadError(OSError):
+    """An image file is missing, unreadable or not a decodable image."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array (H, W, 3); grey images are expanded to 3 channels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageReadError(f"cannot decode image (corrupt or not an image): {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _to_tensors(out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image as float32 (3, H, W) in [0, 1] and mask (if any) as float32 (K, H, W) from a transform output.
+
+    Pipelines from :func:`build_transforms` already return tensors; plain numpy outputs (custom
+    transforms) are converted the same way.
+    """
+    image = out["image"]
+    if isinstance(image, np.ndarray):
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / scale
+    image = image.float()
+    mask = out.get("mask")
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+    return image, None if mask is None else mask.float()
+
+
+class SteelDataset(Dataset):
+    """Labelled images from a wide annotation frame (``ImageId``, ``EncodedPixels_1..4``).
+
+    Each item: ``image`` float32 (3, H, W) in [0, 1], ``mask`` float32 (4, H, W) 0/1, ``labels`` float32 (4,)
+    (1 where the mask channel is non-empty *after* augmentation: a crop can remove a defect) and
+    ``image_id`` str. Masks are decoded at each image's own size; when ``shape`` is given, images of another
+    size raise an error naming the file. With probability ``blackout_p`` one present class is erased with
+    :func:`blackout_defect` before ``transform`` (default: ``build_transforms("val")``).
+
+    Randomness (blackout and the transform's own ``set_random_seed``) is re-derived from ``seed`` and
+    torch's seed in each process: every DataLoader worker (each epoch, without persistent workers) gets its
+    own stream, so forked workers never repeat each other's augmentations, and runs seeded with
+    ``L.seed_everything`` are reproducible with any number of workers.
+    """
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        image_dir: str | os.PathLike,
+        transform: Transform | None = None,
+        shape: tuple[int, int] | None = None,
+        blackout_p: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        missing = [c for c in ("ImageId", *RLE_COLUMNS) if c not in df.columns]
+        if missing:
+            raise KeyError(f"SteelDataset needs columns {missing}; got {list(df.columns)}")
+        if not 0.0 <= float(blackout_p) <= 1.0:
+            raise ValueError(f"blackout_p must be a probability in [0, 1], got {blackout_p!r}")
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.image_dir}")
+        self.image_ids: list[str] = df["ImageId"].astype(str).tolist()
+        self.rles: list[list[str]] = df[RLE_COLUMNS].fillna("").astype(str).to_numpy().tolist()
+        self.shape = None if shape is None else (int(shape[0]), int(shape[1]))
+        self.transform = transform if transform is not None else build_transforms("val", shape=self.shape)
+        self.blackout_p = float(blackout_p)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _random_state(self) -> np.random.Generator:
+        """This process's generator; (re)seeds it and the transform when the process/worker changes."""
+        info = get_worker_info()
+        key = (0, torch.initial_seed()) if info is None else (1, info.seed)
+        if getattr(self, "_rng_key", None) != key:
+            self._rng_key = key
+            self._rng = np.random.default_rng([self.seed, *key])
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(self._rng.integers(2**31)))
+        return self._rng
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw RGB uint8 image (H, W, 3) and mask stack uint8 (4, H, W) of item ``index``."""
+        image_id = self.image_ids[index]
+        path = self.image_dir / image_id
+        image = read_image(path)
+        if self.shape is not None and image.shape[:2] != self.shape:
+            raise ValueError(
+                f"image {path} is {image.shape[0]}x{image.shape[1]} but the data shape is "
+                f"{self.shape[0]}x{self.shape[1]} (set data.shape to the image size)"
+            )
+        masks = np.zeros((NUM_CLASSES, *image.shape[:2]), dtype=np.uint8)
+        for k, rle in enumerate(self.rles[index]):
+            if rle:
+                try:
+                    masks[k] = rle_decode(rle, image.shape[:2])
+                except ValueError as err:
+                    raise AnnotationError(
+                        f"EncodedPixels of image {image_id!r} class {k + 1} does not fit its "
+                        f"{image.shape[0]}x{image.shape[1]} image: {err}"
+                    ) from err
+        return image, masks
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, masks = self.load(index)
+        rng = self._random_state()
+        if self.blackout_p > 0.0:
+            present = np.flatnonzero(masks.reshape(NUM_CLASSES, -1).any(axis=1))
+            if len(present) and rng.random() < self.blackout_p:
+                image, masks = blackout_defect(image, masks, int(rng.choice(present)), rng)
+        out = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
+        image_t, mask_t = _to_tensors(out)
+        labels = mask_t.flatten(1).amax(dim=1).gt(0).float()
+        return {"image": image_t, "mask": mask_t, "labels": labels, "image_id": self.image_ids[index]}
+
+
+class PredictDataset(Dataset):
+    """Unlabelled images for prediction: a folder (sorted by name), one file, or a list of paths.
+
+    Each item: ``image`` float32 (3, H, W) in [0, 1], ``image_id`` (file name), ``orig_size`` long tensor
+    ``[H, W]`` and ``ok`` (bool). An unreadable or corrupt image does not raise: it gives a zero image of
+    ``fallback_shape`` (default ``DEFAULT_SHAPE``; also its ``orig_size``) with ``ok=False`` and a logged
+    warning naming the file. Batch with :func:`predict_collate` when images may differ in size.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        transform: Transform | None = None,
+        fallback_shape: tuple[int, int] | None = None,
+    ) -> None:
+        if isinstance(source, str | os.PathLike):
+            source = Path(source)
+            if source.is_dir():
+                self.paths = list_images(source)
+                if not self.paths:
+                    raise FileNotFoundError(f"no images (*.jpg, *.jpeg, *.png) in {source}")
+            elif source.exists():
+                self.paths = [source]
+            else:
+                raise FileNotFoundError(f"prediction source not found: {source}")
+        else:
+            self.paths = [Path(p) for p in source]
+            if not self.paths:
+                raise ValueError("PredictDataset got an empty list of image paths")
+        shape = DEFAULT_SHAPE if fallback_shape is None else fallback_shape
+        self.fallback_shape = (int(shape[0]), int(shape[1]))
+        self.transform = transform if transform is not None else build_transforms("predict")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """File names, in item order."""
+        return [p.name for p in self.paths]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            image = read_image(path)
+            ok = True
+        except ImageReadError as err:
+            log.warning("%s; predicting on a zero image of %dx%d", err, *self.fallback_shape)
+            image = np.zeros((*self.fallback_shape, 3), dtype=np.uint8)
+            ok = False
+        image_t, _ = _to_tensors(self.transform(image=image))
+        return {
+            "image": image_t,
+            "image_id": path.name,
+            "orig_size": torch.tensor(image.shape[:2], dtype=torch.long),
+            "ok": ok,
+        }
+
+
+def predict_collate(batch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Collate prediction items into one sub-batch per image size.
+
+    Returns a list of dicts, one per distinct (H, W) after the transform, in order of first appearance;
+    each has ``image`` (B, 3, H, W), ``image_id`` list[str], ``orig_size`` (B, 2) long, ``ok`` (B,) bool and
+    ``index`` (B,) long, the items' positions in ``batch``. With equal-size images it is a one-element list.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, item in enumerate(batch):
+        groups.setdefault(tuple(item["image"].shape[-2:]), []).append(i)
+    out = []
+    for members in groups.values():
+        items = [batch[i] for i in members]
+        out.append(
+            {
+                "image": torch.stack([it["image"] for it in items]),
+                "image_id": [it["image_id"] for it in items],
+                "orig_size": torch.stack([torch.as_tensor(it["orig_size"]) for it in items]),
+                "ok": torch.tensor([bool(it["ok"]) for it in items], dtype=torch.bool),
+                "index": torch.tensor(members, dtype=torch.long),
+            }
+        )
+    return out

@@ -1,0 +1,77 @@
+"""Albumentations (2.0.x) pipelines: uint8 RGB image + (H, W, 4) mask in, float tensors out.
+
+Every pipeline ends with ``ToFloat(max_value=255)`` and ``ToTensorV2(transpose_mask=True)``: the image
+comes out as a float32 (3, H, W) tensor in [0, 1] and the mask as a (4, H, W) tensor. There is no mean/std
+normalisation here: the network normalises internally with its encoder's statistics (docs/ARCHITECTURE.md),
+so the data pipeline does not depend on the encoder.
+"""
+
+from __future__ import annotations
+
+import os
+
+# albumentations checks PyPI for updates on import unless told not to; never touch the network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+
+from steel_defect import DEFAULT_SHAPE  # noqa: E402
+
+__all__ = ["STAGES", "build_transforms"]
+
+STAGES: tuple[str, ...] = ("train", "val", "test", "predict")
+
+
+def _probability(name: str, value: float) -> float:
+    """Check that ``value`` is a probability."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def build_transforms(
+    stage: str,
+    crop_height: int | None = None,
+    crop_width: int | None = None,
+    hflip_p: float = 0.5,
+    vflip_p: float = 0.5,
+    brightness_contrast_p: float = 0.3,
+    brightness_limit: float = 0.2,
+    contrast_limit: float = 0.2,
+    shape: tuple[int, int] | None = None,
+    seed: int | None = None,
+) -> A.Compose:
+    """The albumentations pipeline for ``stage`` (``train``, ``val``, ``test`` or ``predict``).
+
+    ``train``: a ``RandomCrop`` of ``(crop_height or image height, crop_width)`` when that is smaller than
+    ``shape`` (the image size, default ``DEFAULT_SHAPE``; no crop when ``crop_width`` is None), horizontal
+    and vertical flips, ``RandomBrightnessContrast``. Other stages: the full image, no augmentation.
+    All stages end with ``ToFloat(max_value=255)`` and ``ToTensorV2(transpose_mask=True)``.
+    ``seed`` seeds the ``Compose``'s own random state (albumentations ignores the global seeds);
+    :class:`~steel_defect.data.dataset.SteelDataset` re-seeds it per process from its own ``seed``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown transform stage {stage!r}; valid stages: {list(STAGES)}")
+    height, width = shape if shape is not None else DEFAULT_SHAPE
+    steps: list[A.BasicTransform] = []
+    if stage == "train":
+        crop_h = height if crop_height is None else int(crop_height)
+        crop_w = width if crop_width is None else int(crop_width)
+        if not (0 < crop_h <= height and 0 < crop_w <= width):
+            raise ValueError(
+                f"crop {crop_h}x{crop_w} must be positive and fit in the image size {height}x{width}"
+            )
+        if (crop_h, crop_w) != (height, width):
+            steps.append(A.RandomCrop(height=crop_h, width=crop_w, p=1.0))
+        steps += [
+            A.HorizontalFlip(p=_probability("hflip_p", hflip_p)),
+            A.VerticalFlip(p=_probability("vflip_p", vflip_p)),
+            A.RandomBrightnessContrast(
+                brightness_limit=brightness_limit,
+                contrast_limit=contrast_limit,
+                p=_probability("brightness_contrast_p", brightness_contrast_p),
+            ),
+        ]
+    steps += [A.ToFloat(max_value=255.0), ToTensorV2(transpose_mask=True)]
+    return A.Compose(steps, seed=seed)

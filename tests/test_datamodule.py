@@ -1,0 +1,155 @@
+"""SteelDataModule on a small synthetic set (64x320): loaders, split persistence, oversampling, stages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steel_defect.data.datamodule import SteelDataModule, class_frequencies, oversample_weights
+from steel_defect.data.splits import load_split, split_parts
+
+SHAPE = [64, 320]
+SYNTH = {"n_train": 40, "n_test": 3, "seed": 11}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A synthetic data set generated through the DataModule's own ``prepare_data``."""
+    path = tmp_path_factory.mktemp("data") / "synthetic"
+    dm = SteelDataModule(root=str(path), synthetic=SYNTH, shape=SHAPE, num_workers=0)
+    dm.prepare_data()
+    assert (path / "train.csv").is_file() and len(list((path / "train_images").glob("*.jpg"))) == 40
+    return path
+
+
+def make(root: Path, **kwargs) -> SteelDataModule:
+    defaults = {"shape": SHAPE, "num_workers": 0, "crop_width": 128, "batch_size": 4, "val_batch_size": 2}
+    return SteelDataModule(root=str(root), **(defaults | kwargs))
+
+
+def test_loaders_shapes_dtypes_and_crop(root):
+    dm = make(root)
+    dm.setup("fit")
+    assert [len(dm.split[k]) for k in ("train", "val", "test")] == [28, 8, 4]
+    assert len(dm.train_dataset) == 28 and len(dm.val_dataset) == 8
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 128) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 4, 64, 128) and batch["mask"].dtype == torch.float32
+    assert batch["labels"].shape == (4, 4) and batch["labels"].dtype == torch.float32
+    assert torch.equal(batch["labels"], (batch["mask"].flatten(2).amax(2) > 0).float())
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert len(batch["image_id"]) == 4 and all(isinstance(i, str) for i in batch["image_id"])
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (2, 3, 64, 320) and val["mask"].shape == (2, 4, 64, 320)
+    assert val["image_id"] == dm.split["val"][:2]
+    assert dm.hparams.crop_width == 128 and dm.hparams.root == str(root)
+    # crop_width None (or >= image width) -> full-size training images.
+    full = make(root, crop_width=None)
+    full.setup("fit")
+    assert full.train_dataset[0]["image"].shape == (3, 64, 320)
+    wide = make(root, crop_width=1000)
+    wide.setup("fit")
+    assert wide.train_dataset[0]["image"].shape == (3, 64, 320)
+
+
+def test_split_saved_and_reloaded(root, tmp_path, caplog):
+    split_file = tmp_path / "run" / "split.json"
+    dm = make(root, split_file=str(split_file), split={"kind": "notebook", "seed": 5})
+    dm.setup("fit")
+    assert split_file.is_file()
+    assert load_split(split_file) == dm.split
+    # A second run with another configured seed re-uses the saved split (and says so).
+    again = make(root, split_file=str(split_file), split={"kind": "notebook", "seed": 6})
+    with caplog.at_level(logging.WARNING, logger="steel_defect.data.datamodule"):
+        again.setup("validate")
+    assert again.split == dm.split and "using the file" in caplog.text
+    assert [it["image_id"] for it in again.val_dataset] == dm.split["val"]
+    assert again.train_dataset is None
+    # Without a split file the same configuration gives the same split.
+    fresh = make(root, split={"kind": "notebook", "seed": 5})
+    fresh.setup("validate")
+    assert split_parts(fresh.split) == split_parts(dm.split)
+
+
+def test_limits_and_test_predict_stages(root):
+    dm = make(root, limit_train=5, limit_val=3)
+    dm.setup("fit")
+    assert [it["image_id"] for it in dm.train_dataset] == dm.split["train"][:5]
+    assert [it["image_id"] for it in dm.val_dataset] == dm.split["val"][:3]
+    dm.setup("test")
+    test_batches = list(dm.test_dataloader())
+    assert sum(len(b["image_id"]) for b in test_batches) == 4
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert all(isinstance(b, list) for b in batches)
+    groups = [g for b in batches for g in b]
+    assert sum(len(g["image_id"]) for g in groups) == 3
+    assert all(g["image"].shape[1:] == (3, 64, 320) and g["ok"].all() for g in groups)
+
+
+def test_kfold_has_no_test_part(root):
+    dm = make(root, split={"kind": "kfold", "n_splits": 4, "fold": 1})
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 30 and len(dm.val_dataset) == 10
+    dm.setup("test")
+    with pytest.raises(RuntimeError, match="no test part"):
+        dm.test_dataloader()
+
+
+def test_oversampling_draws_rare_classes_more_often(root):
+    dm = make(root, oversample={"power": 1.0})
+    dm.setup("fit")
+    train = dm.annotations.set_index("ImageId").loc[dm.split["train"]].reset_index()
+    freq = dm.class_frequencies
+    assert freq == class_frequencies(train)
+    present = [c for c in range(1, 5) if freq[c] > 0]
+    rarest = min(present, key=lambda c: freq[c])
+    assert freq[rarest] < 0.5
+    sampler = dm.train_sampler()
+    assert sampler.replacement and sampler.num_samples == len(train)
+    torch.manual_seed(0)
+    draws = np.concatenate([np.fromiter(iter(sampler), dtype=np.int64) for _ in range(100)])
+    is_rare = train[f"has_defect_{rarest}"].to_numpy().astype(bool)
+    drawn_share = is_rare[draws].mean()
+    assert drawn_share > 1.5 * is_rare.mean(), (drawn_share, is_rare.mean())
+    # Weights follow the documented rule.
+    w = oversample_weights(train, power=0.5)
+    i = int(np.flatnonzero(is_rare)[0])
+    flags = [c for c in range(1, 5) if train.loc[i, f"has_defect_{c}"]]
+    assert w[i] == pytest.approx(max((1 / freq[c]) ** 0.5 for c in flags))
+    j = int(np.flatnonzero(train["has_defect"].to_numpy() == 0)[0])
+    assert w[j] == pytest.approx((1 / freq[0]) ** 0.5)
+    # Without oversampling the training loader shuffles uniformly.
+    plain = make(root)
+    plain.setup("fit")
+    assert plain.train_sampler() is None
+
+
+def test_blackout_only_in_training(root):
+    dm = make(root, blackout_p=0.7)
+    dm.setup("fit")
+    assert dm.train_dataset.blackout_p == 0.7 and dm.val_dataset.blackout_p == 0.0
+
+
+def test_configuration_errors(root, tmp_path):
+    with pytest.raises(ValueError, match="data.root"):
+        SteelDataModule()
+    with pytest.raises(ValueError, match="data.root"):
+        SteelDataModule(root="")
+    with pytest.raises(ValueError, match=r"data.augment: unknown keys \['rotate_p'\]"):
+        make(root, augment={"rotate_p": 0.5})
+    with pytest.raises(ValueError, match="unknown split kind"):
+        make(root, split={"kind": "random"})
+    missing = make(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="absent"):
+        missing.setup("fit")
+    with pytest.raises(RuntimeError, match=r"setup\('fit'\)"):
+        make(root).train_dataloader()
+    other = make(root, shape=[256, 1600])
+    other.setup("fit")
+    with pytest.raises(ValueError, match="data.shape"):
+        other.val_dataset[0]
