@@ -110,9 +110,12 @@ def test_oversampling_draws_rare_classes_more_often(root):
     rarest = min(present, key=lambda c: freq[c])
     assert freq[rarest] < 0.5
     sampler = dm.train_sampler()
-    assert sampler.replacement and sampler.num_samples == len(train)
-    torch.manual_seed(0)
-    draws = np.concatenate([np.fromiter(iter(sampler), dtype=np.int64) for _ in range(100)])
+    assert sampler.weights is not None and len(sampler) == len(train)
+    draws = []
+    for epoch in range(100):
+        sampler.set_epoch(epoch)
+        draws.append(np.array([index for index, _ in sampler], dtype=np.int64))
+    draws = np.concatenate(draws)
     is_rare = train[f"has_defect_{rarest}"].to_numpy().astype(bool)
     drawn_share = is_rare[draws].mean()
     assert drawn_share > 1.5 * is_rare.mean(), (drawn_share, is_rare.mean())
@@ -123,10 +126,17 @@ def test_oversampling_draws_rare_classes_more_often(root):
     assert w[i] == pytest.approx(max((1 / freq[c]) ** 0.5 for c in flags))
     j = int(np.flatnonzero(train["has_defect"].to_numpy() == 0)[0])
     assert w[j] == pytest.approx((1 / freq[0]) ** 0.5)
-    # Without oversampling the training loader shuffles uniformly.
+    # Without oversampling the training loader shuffles: a permutation per epoch, a different one next epoch.
     plain = make(root)
     plain.setup("fit")
-    assert plain.train_sampler() is None
+    uniform = plain.train_sampler()
+    assert uniform.weights is None
+    first = [index for index, _ in uniform]
+    assert sorted(first) == list(range(len(train)))
+    uniform.set_epoch(1)
+    assert [index for index, _ in uniform] != first
+    uniform.set_epoch(0)
+    assert [index for index, _ in uniform] == first  # a pure function of (seed, epoch)
 
 
 def test_blackout_only_in_training(root):

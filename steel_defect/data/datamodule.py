@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
 from steel_defect.data.annotations import DEFECT_COLUMNS, load_annotations
@@ -54,6 +54,38 @@ def _check_keys(name: str, value: Mapping[str, Any] | None, valid: tuple[str, ..
     if unknown:
         raise ValueError(f"data.{name}: unknown keys {unknown}; valid keys: {list(valid)}")
     return value
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, item_seed)`` pairs: a permutation (or, with ``weights``, a weighted draw with
+    replacement) and per-item augmentation seeds, all a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every training epoch, resumed ones included, so a run resumed
+    from a checkpoint sees exactly the batches and augmentations of a run that went straight through.
+    """
+
+    def __init__(self, n: int, seed: int = 0, weights: np.ndarray | None = None) -> None:
+        if n < 1:
+            raise ValueError("the training split is empty")
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (len(self.weights) != n or (self.weights < 0).any()):
+            raise ValueError(f"oversampling weights must be {n} non-negative numbers")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is None:
+            order = rng.permutation(self.n)
+        else:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights / self.weights.sum())
+        item_seeds = rng.integers(0, 2**31, size=self.n)
+        return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
 
 
 def class_frequencies(df: pd.DataFrame) -> dict[int, float]:
@@ -238,6 +270,17 @@ class SteelDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------------- info
     @property
+    def has_test_split(self) -> bool:
+        """Whether the split has a held-out test part (the notebook split has; k-fold has not)."""
+        self._load()
+        return "test" in split_parts(self.split)
+
+    @property
+    def val_size(self) -> int:
+        """Number of validation images actually used (after ``limit_val``)."""
+        return len(self._part("val", self.hparams.limit_val))
+
+    @property
     def class_frequencies(self) -> dict[int, float]:
         """Class frequencies of the training part (0 = defect-free; see :func:`class_frequencies`)."""
         self._load()
@@ -263,19 +306,19 @@ class SteelDataModule(L.LightningDataModule):
             raise RuntimeError(f"{name} dataset is not set up; call setup({stage!r}) first")
         return dataset
 
-    def train_sampler(self) -> WeightedRandomSampler | None:
-        """The oversampling sampler (None without ``oversample``)."""
-        if not self.oversample:
-            return None
+    def train_sampler(self) -> EpochSampler:
+        """Shuffling (or, with ``oversample``, weighted) sampler seeded by (split seed, epoch)."""
         train = self._require(self.train_dataset, "fit", "train")
-        df = self._part("train", self.hparams.limit_train)
-        weights = oversample_weights(df, float(self.oversample.get("power", 0.5)))
-        return WeightedRandomSampler(weights.tolist(), num_samples=len(train), replacement=True)
+        weights = None
+        if self.oversample:
+            df = self._part("train", self.hparams.limit_train)
+            weights = oversample_weights(df, float(self.oversample.get("power", 0.5)))
+        seed = int(self.split_cfg.get("seed", 0) or 0)
+        return EpochSampler(len(train), seed=seed, weights=weights)
 
     def train_dataloader(self) -> DataLoader:
         train = self._require(self.train_dataset, "fit", "train")
-        sampler = self.train_sampler()
-        return self._loader(train, self.hparams.batch_size, shuffle=sampler is None, sampler=sampler)
+        return self._loader(train, self.hparams.batch_size, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:
         val = self._require(self.val_dataset, "validate", "validation")

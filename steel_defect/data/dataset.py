@@ -137,9 +137,24 @@ class SteelDataset(Dataset):
                     ) from err
         return image, masks
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _seeded_state(self, item_seed: int) -> np.random.Generator:
+        """A generator (and transform seed) that depend only on ``(seed, item_seed)``."""
+        rng = np.random.default_rng([self.seed, int(item_seed)])
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(rng.integers(2**31)))
+        self._rng_key = None  # the next plain-index item re-derives the per-process stream
+        return rng
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """``index`` or ``(index, item_seed)``: the second form (from :class:`EpochSampler`) makes the item's
+        augmentation a pure function of the seeds, independent of worker count and of RNG history, which is
+        what makes a resumed run draw exactly what a straight run draws."""
+        if isinstance(index, tuple | list):
+            index, item_seed = int(index[0]), int(index[1])
+            rng = self._seeded_state(item_seed)
+        else:
+            rng = self._random_state()
         image, masks = self.load(index)
-        rng = self._random_state()
         if self.blackout_p > 0.0:
             present = np.flatnonzero(masks.reshape(NUM_CLASSES, -1).any(axis=1))
             if len(present) and rng.random() < self.blackout_p:

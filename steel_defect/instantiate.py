@@ -1,0 +1,90 @@
+"""Hydra glue: instantiate config groups, validate the composed config early, pick the optimised metric."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]:
+    """(name, config) for every entry of a callbacks/logger group that has a ``_target_``.
+
+    Entries set to null (``callbacks.early_stopping=null``) are switched off; an entry that is not a
+    mapping is a configuration error.
+    """
+    if not cfg:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"`{group}` must be a mapping of name -> config, got {type(cfg).__name__}")
+    out = []
+    for name, entry in cfg.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, DictConfig):
+            raise TypeError(f"`{group}.{name}` must be a mapping with a _target_, got {entry!r}")
+        if "_target_" in entry:
+            out.append((str(name), entry))
+    return out
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every callback under ``callbacks``."""
+    callbacks = []
+    for name, entry in _entries(cfg, "callbacks"):
+        log.info("Instantiating callback %s <%s>", name, entry._target_)
+        callbacks.append(hydra.utils.instantiate(entry))
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every logger under ``logger``."""
+    loggers = []
+    for name, entry in _entries(cfg, "logger"):
+        log.info("Instantiating logger %s <%s>", name, entry._target_)
+        loggers.append(hydra.utils.instantiate(entry))
+    return loggers
+
+
+def instantiate_plain(cfg: DictConfig) -> Any:
+    """Instantiate ``cfg`` with every nested argument converted to plain dicts/lists (no DictConfig leaks
+    into ``save_hyperparameters``, so checkpoints stay loadable with ``weights_only=True``)."""
+    return hydra.utils.instantiate(cfg, _recursive_=False, _convert_="all")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fail at start, naming the key, for values that would otherwise fail minutes later."""
+    missing = sorted(
+        full_key  # missing_keys() of a child node returns full keys ("data.root")
+        for key in cfg
+        if key != "hydra" and isinstance(cfg[key], DictConfig)
+        for full_key in OmegaConf.missing_keys(cfg[key])
+    )
+    if missing:
+        raise ValueError(f"missing mandatory config value(s): {', '.join(missing)} (set them on the command line)")
+    data = cfg.get("data")
+    if data is not None and data.get("synthetic") is None:
+        root = Path(str(data.root))
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root={root} is not a directory")
+        for key in ("train_csv", "train_images"):
+            if not (root / str(data[key])).exists():
+                raise FileNotFoundError(f"data.{key}: {root / str(data[key])} does not exist (data.root={root})")
+
+
+def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value of the optimised metric, for Hydra sweepers; an unknown name lists the logged ones."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics)) or 'none'}"
+        )
+    value = metrics[name]
+    return float(value.item() if hasattr(value, "item") else value)

@@ -1,0 +1,137 @@
+"""Segmentation + classification loss: BCE (or focal) and soft Dice on the mask channels, BCE on the class logits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Config key prefix used in error messages.
+KEY = "model.loss"
+MASK_LOSSES = ("bce", "focal")
+
+
+def _non_negative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{KEY}.{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _weights(name: str, value: Sequence[float] | None) -> torch.Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"{KEY}.{name} must be a list with one positive number per class, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{KEY}.{name} must be a list with one positive number per class, got {value!r}")
+    return torch.tensor([float(v) for v in value], dtype=torch.float32)
+
+
+def soft_dice_per_pair(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice (2|P.T| + s) / (|P| + |T| + s) per image and class: (B, C, H, W) -> (B, C)."""
+    dims = tuple(range(2, probs.ndim))
+    inter = (probs * target).sum(dims)
+    return (2.0 * inter + smooth) / (probs.sum(dims) + target.sum(dims) + smooth)
+
+
+def focal_loss_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Element-wise sigmoid focal loss: BCE * (1 - p_t)^gamma (* alpha_t); gamma 0 and alpha None give BCE."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t).pow(gamma) if gamma else ce
+    if alpha is not None:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    return loss
+
+
+class SegClsLoss(nn.Module):
+    """``bce_weight * mask BCE/focal + dice_weight * (1 - soft Dice) + cls_weight * class BCE``.
+
+    ``forward(mask_logits (B,C,H,W), class_logits (B,C), mask (B,C,H,W) 0/1, labels (B,C) | None)`` returns
+    a dict of scalar tensors ``loss, loss_mask, loss_dice, loss_cls``. ``labels`` default to "mask non-empty".
+    ``pos_weight``/``cls_pos_weight`` are per-class positive weights for the mask/class BCE.
+    """
+
+    def __init__(
+        self,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        cls_weight: float = 0.5,
+        pos_weight: list[float] | None = None,
+        cls_pos_weight: list[float] | None = None,
+        mask_loss: str = "bce",
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = None,
+        smooth: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.bce_weight = _non_negative("bce_weight", bce_weight)
+        self.dice_weight = _non_negative("dice_weight", dice_weight)
+        self.cls_weight = _non_negative("cls_weight", cls_weight)
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"{KEY}.mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
+        self.mask_loss = mask_loss
+        self.focal_gamma = _non_negative("focal_gamma", focal_gamma)
+        if focal_alpha is not None and (
+            isinstance(focal_alpha, bool)
+            or not isinstance(focal_alpha, int | float)
+            or not 0 <= focal_alpha <= 1
+        ):
+            raise ValueError(f"{KEY}.focal_alpha must be null or in [0, 1], got {focal_alpha!r}")
+        self.focal_alpha = None if focal_alpha is None else float(focal_alpha)
+        self.smooth = _non_negative("smooth", smooth)
+        if self.smooth == 0:
+            raise ValueError(
+                f"{KEY}.smooth must be > 0 (an empty mask and an empty prediction would give 0/0)"
+            )
+        pw, cpw = _weights("pos_weight", pos_weight), _weights("cls_pos_weight", cls_pos_weight)
+        # Non-persistent buffers: follow .to(device), stay out of checkpoints.
+        self.register_buffer("pos_weight", pw, persistent=False)
+        self.register_buffer("cls_pos_weight", cpw, persistent=False)
+
+    def _check(self, mask_logits, class_logits, mask, labels) -> None:
+        if mask_logits.ndim != 4 or mask.shape != mask_logits.shape:
+            raise ValueError(
+                f"mask_logits {tuple(mask_logits.shape)} and mask {tuple(mask.shape)} must be equal (B, C, H, W)"
+            )
+        b, c = mask_logits.shape[:2]
+        if class_logits.shape != (b, c):
+            raise ValueError(f"class_logits shape {tuple(class_logits.shape)} must be (B, C) = {(b, c)}")
+        if labels is not None and labels.shape != (b, c):
+            raise ValueError(f"labels shape {tuple(labels.shape)} must be (B, C) = {(b, c)}")
+        for name, w in (("pos_weight", self.pos_weight), ("cls_pos_weight", self.cls_pos_weight)):
+            if w is not None and w.numel() != c:
+                raise ValueError(f"{KEY}.{name} has {w.numel()} values but the network has {c} classes")
+
+    def forward(
+        self,
+        mask_logits: torch.Tensor,
+        class_logits: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        self._check(mask_logits, class_logits, mask, labels)
+        mask_logits, class_logits, mask = mask_logits.float(), class_logits.float(), mask.float()
+        labels = (mask.flatten(2).amax(2) > 0).float() if labels is None else labels.float()
+        pos_weight = None if self.pos_weight is None else self.pos_weight.view(-1, 1, 1)
+        if self.mask_loss == "focal":
+            loss_mask = focal_loss_with_logits(
+                mask_logits, mask, self.focal_gamma, self.focal_alpha, pos_weight=pos_weight
+            ).mean()
+        else:
+            loss_mask = F.binary_cross_entropy_with_logits(mask_logits, mask, pos_weight=pos_weight)
+        loss_dice = 1.0 - soft_dice_per_pair(torch.sigmoid(mask_logits), mask, self.smooth).mean()
+        loss_cls = F.binary_cross_entropy_with_logits(class_logits, labels, pos_weight=self.cls_pos_weight)
+        loss = self.bce_weight * loss_mask + self.dice_weight * loss_dice + self.cls_weight * loss_cls
+        return {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice, "loss_cls": loss_cls}

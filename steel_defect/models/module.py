@@ -1,0 +1,377 @@
+"""LightningModule: one SteelNet, the SegClsLoss, Kaggle Dice (raw and post-processed) and head metrics.
+
+Every constructor argument is a plain value (dict/list/str/number/bool/None), so ``save_hyperparameters``
+and the checkpoint stay loadable with ``torch.load(weights_only=True)``. The checkpoint also carries a
+``"steel_defect"`` entry (resolved net config, post-processing, class names) from which
+:func:`load_net_from_checkpoint` rebuilds the network with no Hydra config and no network access.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+
+from steel_defect.metrics import KaggleDice
+from steel_defect.models.factory import SteelNet, build_model, resolve_config
+from steel_defect.models.losses import SegClsLoss
+from steel_defect.postprocess import PostprocessParams, postprocess
+
+#: Version of the ``checkpoint["steel_defect"]`` entry.
+FORMAT_VERSION = 1
+CLASS_NAMES = ["1", "2", "3", "4"]
+SCHEDULERS = ("cosine", "onecycle", "none")
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "name": "cosine",
+    "warmup_steps": 0,
+    "min_lr_ratio": 0.01,
+    "pct_start": 0.3,
+}
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 3e-4, "weight_decay": 1e-4}
+
+
+# ======================================================================================================
+# Plain-value helpers
+# ======================================================================================================
+def to_plain(value: Any, key: str) -> Any:
+    """DictConfig/ListConfig/tuples -> dicts/lists; raise TypeError (naming ``key``) for anything not plain."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(
+        f"{key} must hold plain values (dict/list/str/number/bool/None), got {type(value).__name__}"
+    )
+
+
+def _check_keys(cfg: Mapping[str, Any], valid: Any, key: str) -> None:
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {', '.join(valid)}"
+        )
+
+
+def _resolve_optimizer(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate an optimizer config (``_target_`` + kwargs); ``_partial_`` is accepted and dropped."""
+    out = dict(OPTIMIZER_DEFAULTS if cfg is None else cfg)
+    out.pop("_partial_", None)
+    target = out.get("_target_")
+    if not isinstance(target, str):
+        raise ValueError(f"model.optimizer._target_ must name an optimizer class, got {target!r}")
+    try:
+        cls = hydra.utils.get_class(target)
+    except ImportError as err:
+        raise ValueError(f"model.optimizer._target_={target!r} cannot be imported: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"model.optimizer._target_={target!r} is not a torch.optim.Optimizer")
+    lr = out.get("lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0
+    ):
+        raise ValueError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+    return out
+
+
+def _resolve_scheduler(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = {"name": "none"} if cfg is None else cfg
+    _check_keys(cfg, SCHEDULER_DEFAULTS, "model.scheduler")
+    out = {**SCHEDULER_DEFAULTS, **cfg}
+    if out["name"] not in SCHEDULERS:
+        raise ValueError(f"model.scheduler.name={out['name']!r} is unknown; valid: {', '.join(SCHEDULERS)}")
+    warmup = out["warmup_steps"]
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"model.scheduler.warmup_steps must be an integer >= 0, got {warmup!r}")
+    ratio = out["min_lr_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise ValueError(f"model.scheduler.min_lr_ratio must be in [0, 1], got {ratio!r}")
+    pct = out["pct_start"]
+    if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 < pct < 1:
+        raise ValueError(f"model.scheduler.pct_start must be in (0, 1), got {pct!r}")
+    return out
+
+
+def cosine_warmup_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ======================================================================================================
+# The module
+# ======================================================================================================
+class SteelDefectModule(L.LightningModule):
+    """Train/validate/test/predict one SteelNet (see the module docstring; all arguments are plain values).
+
+    Logged: ``train/loss*``; ``val/loss*``, ``val/dice_raw[_c]`` (threshold 0.5), ``val/dice[_c]`` (after
+    post-processing with ``postprocess``; the monitored metric), ``val/cls_{precision,recall,f1}_c``;
+    ``test/`` mirrors ``val/``.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        postprocess: dict | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        cls_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        net = resolve_config(to_plain(net, "model.net"))
+        loss = to_plain(loss, "model.loss") or {}
+        optimizer = _resolve_optimizer(to_plain(optimizer, "model.optimizer"))
+        scheduler = _resolve_scheduler(to_plain(scheduler, "model.scheduler"))
+        pp = to_plain(postprocess, "model.postprocess")
+        self.pp_params = (
+            PostprocessParams.notebook_defaults() if pp is None else PostprocessParams.from_dict(pp)
+        )
+        if (
+            not isinstance(cls_threshold, int | float)
+            or isinstance(cls_threshold, bool)
+            or not 0 < cls_threshold < 1
+        ):
+            raise ValueError(f"model.cls_threshold must be in (0, 1), got {cls_threshold!r}")
+        for name, flag in (("channels_last", channels_last), ("compile", compile)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"model.{name} must be true or false, got {flag!r}")
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "loss": loss,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "postprocess": pp,
+                "channels_last": channels_last,
+                "compile": compile,
+                "cls_threshold": float(cls_threshold),
+            }
+        )
+        _check_keys(loss, inspect.signature(SegClsLoss).parameters, "model.loss")
+        self.criterion = SegClsLoss(**loss)  # validates before any weights download
+        self.net: SteelNet = build_model(net)
+        classes = int(net["classes"])
+        self.eval_metrics = torch.nn.ModuleDict(
+            {stage: self._make_metrics(classes, cls_threshold) for stage in ("val", "test")}
+        )
+        self._configured = False
+
+    @staticmethod
+    def _make_metrics(classes: int, threshold: float) -> torch.nn.ModuleDict:
+        kw = {"num_labels": classes, "threshold": float(threshold), "average": None}
+        return torch.nn.ModuleDict(
+            {
+                "dice_raw": KaggleDice(num_classes=classes),
+                "dice": KaggleDice(num_classes=classes),
+                "cls": MetricCollection(
+                    {
+                        "precision": MultilabelPrecision(**kw),
+                        "recall": MultilabelRecall(**kw),
+                        "f1": MultilabelF1Score(**kw),
+                    }
+                ),
+            }
+        )
+
+    # --- setup ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """channels_last / torch.compile, once (in place: state-dict keys stay ``net.*``)."""
+        if self._configured:
+            return
+        self._configured = True
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self.net.compile()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # --- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        mask_logits, class_logits = self(batch["image"])
+        losses = self.criterion(mask_logits, class_logits, batch["mask"], batch.get("labels"))
+        n = batch["image"].shape[0]
+        self.log(
+            "train/loss",
+            losses["loss"],
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items() if k != "loss"},
+            on_step=False,
+            on_epoch=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        return losses["loss"]
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        mask_logits, class_logits = self(batch["image"])
+        mask = batch["mask"]
+        labels = batch.get("labels")
+        losses = self.criterion(mask_logits, class_logits, mask, labels)
+        n = mask.shape[0]
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=n, sync_dist=True
+        )
+        target = mask > 0.5
+        target_labels = (target.flatten(2).any(2) if labels is None else labels > 0.5).int()
+        mask_probs = torch.sigmoid(mask_logits.float())
+        class_probs = torch.sigmoid(class_logits.float())
+        metrics = self.eval_metrics[stage]
+        metrics["dice_raw"].update(mask_probs >= 0.5, target)
+        final = postprocess(
+            mask_probs.detach().cpu().numpy(), class_probs.detach().cpu().numpy(), self.pp_params
+        )
+        metrics["dice"].update(torch.from_numpy(final).to(target.device), target)
+        metrics["cls"].update(class_probs, target_labels)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Compute (synced over processes by torchmetrics), log and reset the epoch metrics of ``stage``."""
+        metrics = self.eval_metrics[stage]
+        if not metrics["dice"].update_called:
+            return
+        values: dict[str, torch.Tensor] = {}
+        for key, value in metrics["dice_raw"].compute().items():
+            values[f"{stage}/{key.replace('dice', 'dice_raw', 1)}"] = value
+        for key, value in metrics["dice"].compute().items():
+            values[f"{stage}/{key}"] = value
+        for name, per_class in metrics["cls"].compute().items():
+            for c, v in enumerate(per_class):
+                values[f"{stage}/cls_{name}_{c + 1}"] = v
+        # Values are already identical on every process; sync_dist only averages identical numbers.
+        main = values.pop(f"{stage}/dice")
+        self.log(f"{stage}/dice", main.float(), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict({k: v.float() for k, v in values.items()}, on_epoch=True, sync_dist=True)
+        for metric in metrics.values():
+            metric.reset()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(
+        self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Sigmoid probabilities: ``mask_probs`` (B, 4, H, W), ``class_probs`` (B, 4), and ``image_id``."""
+        mask_logits, class_logits = self(batch["image"])
+        return {
+            "mask_probs": torch.sigmoid(mask_logits.float()),
+            "class_probs": torch.sigmoid(class_logits.float()),
+            "image_id": list(batch.get("image_id", [])),
+        }
+
+    # --- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = dict(self.hparams.optimizer)
+        cls = hydra.utils.get_class(opt_cfg.pop("_target_"))
+        optimizer = cls(self.parameters(), **opt_cfg)
+        sched = self.hparams.scheduler
+        if sched["name"] == "none":
+            return {"optimizer": optimizer}
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError(
+                f"model.scheduler.name={sched['name']!r} needs a finite number of steps; set trainer.max_epochs "
+                f"or trainer.max_steps (estimated stepping batches: {total})"
+            )
+        total = int(total)
+        if sched["name"] == "cosine":
+            warmup, ratio = int(sched["warmup_steps"]), float(sched["min_lr_ratio"])
+
+            def factor(step: int) -> float:
+                return cosine_warmup_factor(step, total, warmup, ratio)
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:  # onecycle
+            cycle_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[g["lr"] for g in optimizer.param_groups],
+                total_steps=total,
+                pct_start=float(sched["pct_start"]),
+                cycle_momentum=cycle_momentum,
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # --- checkpoint -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what rebuilds net + preprocessing with no network and no Hydra config (plain values)."""
+        net_cfg = copy.deepcopy(dict(self.hparams.net))
+        net_cfg["encoder_weights"] = None
+        checkpoint["steel_defect"] = {
+            "format_version": FORMAT_VERSION,
+            "net": net_cfg,
+            "postprocess": self.pp_params.to_dict(),
+            "classes": list(CLASS_NAMES[: int(net_cfg["classes"])]),
+        }
+
+
+def load_net_from_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu"
+) -> tuple[SteelNet, dict[str, Any]]:
+    """Rebuild the SteelNet of a training checkpoint (eval mode) and return it with ``checkpoint["steel_defect"]``.
+
+    Uses ``torch.load(weights_only=True)`` only: a checkpoint is data, never code (a pickled object in it
+    raises ``pickle.UnpicklingError``). No weights are downloaded; the ``net.*`` tensors load strictly.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    meta = ckpt.get("steel_defect") if isinstance(ckpt, Mapping) else None
+    if not isinstance(meta, Mapping) or "net" not in meta or "state_dict" not in ckpt:
+        raise ValueError(f"not a steel-defect checkpoint: {path}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: unsupported steel-defect checkpoint format_version {version!r} (expected 1)"
+        )
+    net = SteelNet.from_config(meta["net"], weights=False)
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise ValueError(f"{path}: the checkpoint holds no 'net.*' weights")
+    net.load_state_dict(state, strict=True)
+    if isinstance(map_location, str | torch.device):
+        net.to(map_location)
+    net.eval()
+    return net, dict(meta)

@@ -1,0 +1,39 @@
+"""Shared fixtures. Tests never touch the network, and use tiny images/encoders unless a test is about size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAMPLES = SHARED / "data" / "severstal-samples"
+SMALL_SHAPE = (64, 320)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The real Kaggle samples folder beside the checkout (../shared/data/severstal-samples)."""
+    if not (SAMPLES / "train.csv").is_file():
+        pytest.skip(f"real Severstal samples not found at {SAMPLES} (../shared is not beside this checkout)")
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory) -> Path:
+    """A small synthetic Kaggle-layout data set at 64x320, generated once per session."""
+    from steel_defect.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    generate_dataset(root, n_train=40, n_test=8, seed=3, shape=SMALL_SHAPE)
+    return root

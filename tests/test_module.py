@@ -1,0 +1,338 @@
+"""SteelDefectModule (Lightning): training/validation/test/predict, logged metrics, checkpoints, hparams."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import warnings
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from steel_defect.models import SteelDefectModule, load_net_from_checkpoint
+from steel_defect.models.module import cosine_warmup_factor
+from steel_defect.postprocess import PostprocessParams
+
+H, W = 64, 128
+NET = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
+PP_RAW = PostprocessParams.disabled().to_dict()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny CPU tests run faster on one thread, especially on a machine shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class RandomSteel(Dataset):
+    """Random images with a few rectangular defects: the data pipeline's batch dict layout."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 3, H, W, generator=g)
+        self.masks = torch.zeros(n, 4, H, W)
+        for i in range(n):
+            c = int(torch.randint(0, 4, (1,), generator=g))
+            if i % 3:  # every third image is defect-free
+                self.masks[i, c, 10:30, 20 + 5 * i : 60 + 5 * i] = 1
+                self.images[i, :, 10:30, 20 + 5 * i : 60 + 5 * i] *= 0.2
+        self.labels = (self.masks.flatten(2).amax(2) > 0).float()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "labels": self.labels[i],
+            "image_id": f"img{i}.jpg",
+        }
+
+
+def _loader(n: int = 4, seed: int = 0, batch_size: int = 2) -> DataLoader:
+    return DataLoader(RandomSteel(n, seed), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _module(**kw) -> SteelDefectModule:
+    args = {"net": dict(NET), "scheduler": {"name": "cosine", "warmup_steps": 1}}
+    args.update(kw)
+    return SteelDefectModule(**args)
+
+
+def _trainer(tmp_path, **kw) -> L.Trainer:
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+    )
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        yield
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A module fitted for 2 steps with a Trainer-saved checkpoint; returns (module, trainer, ckpt path)."""
+    tmp = tmp_path_factory.mktemp("fit")
+    L.seed_everything(0, verbose=False)
+    module = _module()
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", filename="last", monitor="val/dice", mode="max")
+    trainer = _trainer(tmp, max_steps=2, limit_val_batches=2, callbacks=[ckpt], enable_checkpointing=True)
+    trainer.fit(module, train_dataloaders=_loader(4), val_dataloaders=_loader(4, seed=1))
+    return module, trainer, ckpt.best_model_path
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fit / validate / test / predict
+# ------------------------------------------------------------------------------------------------------
+def test_fit_logs_train_and_val_metrics(fitted):
+    _, trainer, _ = fitted
+    keys = set(trainer.callback_metrics)
+    expected = {"train/loss", "train/loss_mask", "train/loss_dice", "train/loss_cls"}
+    expected |= {"val/loss", "val/loss_mask", "val/loss_dice", "val/loss_cls", "val/dice", "val/dice_raw"}
+    expected |= {f"val/dice_{c}" for c in range(1, 5)} | {f"val/dice_raw_{c}" for c in range(1, 5)}
+    expected |= {f"val/cls_{m}_{c}" for m in ("precision", "recall", "f1") for c in range(1, 5)}
+    assert expected <= keys, sorted(expected - keys)
+    for key in expected:
+        value = float(trainer.callback_metrics[key])
+        assert value == value, key  # not NaN
+    for c in range(1, 5):
+        assert 0.0 <= float(trainer.callback_metrics[f"val/dice_{c}"]) <= 1.0
+
+
+def test_validation_dice_values_match_direct_computation(tmp_path):
+    """With post-processing disabled val/dice == val/dice_raw == Kaggle Dice of (sigmoid >= 0.5)."""
+    from steel_defect.metrics import kaggle_dice
+
+    L.seed_everything(1, verbose=False)
+    module = _module(postprocess=PP_RAW)
+    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4), verbose=False)[0]
+    assert out["val/dice"] == pytest.approx(out["val/dice_raw"])
+    module.eval()
+    data = RandomSteel(4)
+    with torch.no_grad():
+        mask_logits, _ = module(data.images)
+    expected = kaggle_dice((torch.sigmoid(mask_logits) >= 0.5).numpy(), data.masks.bool().numpy())
+    assert out["val/dice"] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_perfect_predictions_give_dice_one_and_cls_f1_one(tmp_path):
+    """Feed a network whose logits are the targets: every Dice and the head's F1 are 1."""
+    module = _module(postprocess=PP_RAW)
+    data = RandomSteel(4)
+
+    def oracle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i = [int(torch.nonzero((data.images == xi).flatten(1).all(1))[0]) for xi in x]
+        return data.masks[i] * 20 - 10, data.labels[i] * 20 - 10
+
+    module.forward = oracle  # instance attribute: used by module(x)
+    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4), verbose=False)[0]
+    assert out["val/dice"] == pytest.approx(1.0) and out["val/dice_raw"] == pytest.approx(1.0)
+    present = data.labels.sum(0) > 0
+    for c in range(4):
+        if present[c]:
+            assert out[f"val/cls_f1_{c + 1}"] == pytest.approx(1.0)
+
+
+def test_test_step_mirrors_validation(tmp_path, fitted):
+    module, _, _ = fitted
+    out = _trainer(tmp_path).test(module, dataloaders=_loader(2), verbose=False)[0]
+    assert {"test/loss", "test/dice", "test/dice_raw", "test/dice_4", "test/cls_recall_2"} <= set(out)
+
+
+def test_predict_returns_probabilities_and_ids(tmp_path, fitted):
+    module, _, _ = fitted
+    preds = _trainer(tmp_path).predict(module, dataloaders=_loader(3, batch_size=2))
+    assert [len(p["image_id"]) for p in preds] == [2, 1]
+    assert preds[0]["image_id"] == ["img0.jpg", "img1.jpg"]
+    assert preds[0]["mask_probs"].shape == (2, 4, H, W) and preds[0]["class_probs"].shape == (2, 4)
+    for p in preds:
+        assert 0 <= float(p["mask_probs"].min()) and float(p["mask_probs"].max()) <= 1
+
+
+def test_overfitting_one_batch_lowers_the_loss(tmp_path):
+    L.seed_everything(2, verbose=False)
+    module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3}, scheduler={"name": "none"})
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    one_batch = DataLoader([next(iter(_loader(2)))], batch_size=None)
+    _trainer(tmp_path, max_steps=15, limit_val_batches=0, callbacks=[Record()]).fit(module, one_batch)
+    print(f"overfit one batch: training loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    assert len(losses) == 15
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "none"])
+def test_schedulers_step_per_optimizer_step(tmp_path, name):
+    module = _module(scheduler={"name": name, "warmup_steps": 2, "min_lr_ratio": 0.1})
+    lrs = []
+
+    class Track(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Track()]).fit(module, _loader(8))
+    assert len(lrs) == 4
+    if name == "none":
+        assert lrs == [3e-4] * 4
+    elif name == "cosine":  # 2 warm-up steps, then cosine to 0.1 at step 4
+        assert lrs == pytest.approx([3e-4 * f for f in (0.5, 1.0, 1.0, 0.55)])
+    else:
+        assert lrs[0] < lrs[1] and lrs[3] < lrs[2] and len(set(lrs)) == 4  # one cycle over 4 steps
+
+
+def test_cosine_warmup_factor():
+    assert cosine_warmup_factor(0, 10, 2, 0.1) == pytest.approx(0.5)
+    assert cosine_warmup_factor(1, 10, 2, 0.1) == pytest.approx(1.0)
+    assert cosine_warmup_factor(2, 10, 2, 0.1) == pytest.approx(1.0)
+    assert cosine_warmup_factor(6, 10, 2, 0.1) == pytest.approx(0.55)
+    assert cosine_warmup_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
+    assert cosine_warmup_factor(50, 10, 2, 0.1) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------------
+def test_checkpoint_is_plain_data_and_rebuilds_identically(fitted):
+    module, _, path = fitted
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["steel_defect"]
+    assert meta["format_version"] == 1 and meta["classes"] == ["1", "2", "3", "4"]
+    assert meta["net"]["encoder_weights"] is None and meta["net"]["mean"] == module.net.config["mean"]
+    assert PostprocessParams.from_dict(meta["postprocess"]) == PostprocessParams.notebook_defaults()
+    assert ckpt["hyper_parameters"]["net"]["mean"] is not None
+    yaml.safe_dump(meta)
+    net, meta2 = load_net_from_checkpoint(path)
+    assert meta2 == meta and not net.training
+    module.eval()
+    x = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        a, b = module.net(x), net(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_onecycle_checkpoint_loads_weights_only_and_resumes(tmp_path):
+    module = _module(scheduler={"name": "onecycle"})
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = _trainer(
+        tmp_path, max_steps=4, limit_val_batches=0, callbacks=[ckpt], enable_checkpointing=True
+    )
+    trainer.fit(module, _loader(8))
+    path = tmp_path / "step=2.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["lr_schedulers"] and "steel_defect" in ckpt and ckpt["global_step"] == 2
+    resumed = _module(scheduler={"name": "onecycle"})
+    trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(resumed, _loader(8), ckpt_path=path, weights_only=True)
+    assert trainer.global_step == 4
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4
+
+
+def test_load_net_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+        load_net_from_checkpoint(tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"net.mean": torch.zeros(1)}}, other)
+    with pytest.raises(ValueError, match=r"not a steel-defect checkpoint: .*other\.ckpt"):
+        load_net_from_checkpoint(other)
+    evil = tmp_path / "evil.ckpt"
+    torch.save(
+        {
+            "state_dict": {},
+            "steel_defect": {"format_version": 1, "net": NET},
+            "x": functools.partial(print, 1),
+        },
+        evil,
+    )
+    with pytest.raises(pickle.UnpicklingError, match=r"[Ww]eights only"):
+        load_net_from_checkpoint(evil)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Hyper-parameters
+# ------------------------------------------------------------------------------------------------------
+def test_hparams_are_plain_even_from_dictconfig():
+    cfg = OmegaConf.create(
+        {
+            "net": NET,
+            "loss": {"pos_weight": [1, 2, 3, 4], "mask_loss": "focal"},
+            "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9},
+            "scheduler": {"name": "onecycle"},
+            "postprocess": {"t_pix": [0.4, 0.5, 0.5, 0.6]},
+        }
+    )
+    module = SteelDefectModule(
+        net=cfg.net,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        postprocess=cfg.postprocess,
+    )
+    hp = dict(module.hparams)
+    text = yaml.safe_dump(hp)  # fails on any non-plain value
+    assert "DictConfig" not in text
+    assert hp["net"]["mean"] == [0.485, 0.456, 0.406] and hp["net"]["encoder_weights"] is None
+    assert hp["loss"]["pos_weight"] == [1, 2, 3, 4]
+    assert module.pp_params.t_pix == [0.4, 0.5, 0.5, 0.6]
+
+
+@pytest.mark.parametrize("lr", [-1e-3, 0, "fast"])
+def test_bad_lr_names_the_key(lr):
+    with pytest.raises(ValueError, match=r"model\.optimizer\.lr"):
+        _module(optimizer={"_target_": "torch.optim.AdamW", "lr": lr})
+
+
+def test_bad_scheduler_and_optimizer_are_named():
+    with pytest.raises(ValueError, match=r"model\.scheduler\.name='step'.*cosine, onecycle, none"):
+        _module(scheduler={"name": "step"})
+    with pytest.raises(ValueError, match=r"model\.scheduler\.warmup"):
+        _module(scheduler={"name": "cosine", "warmup": 3})
+    with pytest.raises(ValueError, match=r"model\.optimizer\._target_"):
+        _module(optimizer={"_target_": "torch.nn.Linear", "lr": 1e-3})
+    with pytest.raises(
+        ValueError, match=r"model\.optimizer\._target_='torch\.optim\.Adamw' cannot be imported"
+    ):
+        _module(optimizer={"_target_": "torch.optim.Adamw", "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"model\.loss\.dice"):
+        _module(loss={"dice": 1.0})
+    with pytest.raises(ValueError, match=r"model\.cls_threshold"):
+        _module(cls_threshold=1.5)
+    with pytest.raises(ValueError, match=r"model\.net\.arch"):
+        _module(net={**NET, "arch": "NoNet"})
+
+
+def test_channels_last_gives_the_same_outputs(tmp_path):
+    L.seed_everything(3, verbose=False)
+    plain = _module(postprocess=PP_RAW)
+    fast = _module(postprocess=PP_RAW, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    a = _trainer(tmp_path).validate(plain, dataloaders=_loader(2), verbose=False)[0]
+    b = _trainer(tmp_path).validate(fast, dataloaders=_loader(2), verbose=False)[0]
+    assert fast.net.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert b["val/dice"] == pytest.approx(a["val/dice"], abs=1e-6)
+    assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)

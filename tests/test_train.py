@@ -1,0 +1,210 @@
+"""train.py and the Hydra configs: composed for real, run for real (tiny settings, CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tests.conftest import REPO, SMALL_SHAPE
+
+CONF = REPO / "conf"
+# Tiny, fast settings shared by the runs below (64x320 synthetic images, no augmentation cost to speak of).
+TINY = [
+    "data.shape=[64,320]",
+    "data.synthetic.n_train=40",
+    "data.synthetic.n_test=4",
+    "data.crop_width=128",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_sanity_val_steps=0",
+    "~callbacks.rich_progress_bar",
+]
+
+
+def compose_train(overrides: list[str], tmp_path: Path):
+    """Compose conf/train.yaml as `python train.py` would, with the run folders under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(REPO)
+        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` in a subprocess with its data/logs under tmp_path."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
+    flags = [a for a in args if a.startswith("-") and not a.startswith("~")]
+    overrides = [a for a in args if a not in flags]
+    cmd = [sys.executable, str(REPO / "train.py"), *flags, f"paths.data_dir={tmp_path / 'data'}",
+           f"paths.log_dir={tmp_path / 'logs'}", *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("model", ["unet_effb1", "unet_efflite1", "unet_resnet34", "fpn_effb3", "tiny"])
+def test_every_model_config_composes_and_builds(model, tmp_path):
+    from steel_defect.models import build_model
+
+    cfg = compose_train([f"model={model}", "model.net.encoder_weights=null"], tmp_path)
+    assert cfg.model._target_ == "steel_defect.models.SteelDefectModule"
+    net = build_model(dict(cfg.model.net))
+    mask, cls = net(torch.rand(1, 3, 64, 128))
+    assert mask.shape == (1, 4, 64, 128) and cls.shape == (1, 4)
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp", "ddp_cpu"])
+def test_every_trainer_config_composes(trainer, tmp_path):
+    cfg = compose_train([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer._target_.endswith("Trainer")
+
+
+def test_experiments_and_debug_configs_compose(tmp_path):
+    for overrides in (["experiment=demo_cpu"], ["experiment=severstal_effb1", "data.root=/x"], ["debug=overfit"],
+                      ["debug=limit"], ["debug=fast_dev_run"], ["logger=tensorboard"], ["callbacks=none"]):
+        cfg = compose_train(overrides, tmp_path)
+        assert cfg.model.net.classes == 4
+
+
+def test_fast_dev_run_in_process(tmp_path):
+    from train import train
+
+    cfg = compose_train(["model=tiny", "trainer.fast_dev_run=true", *TINY], tmp_path)
+    metrics = train(cfg)
+    assert "val/dice" in metrics and 0.0 <= float(metrics["val/dice"]) <= 1.0
+    # the synthetic set was generated on first use into data_dir
+    assert (tmp_path / "data" / "synthetic" / "train.csv").is_file()
+
+
+def test_cli_fast_dev_run_default_model(tmp_path):
+    """`python train.py trainer.fast_dev_run=true` with the default model (EfficientNet-B1, no download)."""
+    proc = run_cli(["trainer.fast_dev_run=true", "model.net.encoder_weights=null", *TINY], tmp_path)
+    assert "val/dice" in proc.stdout + proc.stderr
+
+
+def test_cli_real_samples_with_effb1(samples_dir, tmp_path):
+    """`python train.py model=unet_effb1 data=severstal data.root=<real samples>` at full 256x1600 size."""
+    run_cli(["model=unet_effb1", "data=severstal", f"data.root={samples_dir}", "model.net.encoder_weights=null",
+             "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.crop_width=256",
+             "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0",
+             "~callbacks.rich_progress_bar", "test=false", "hydra.run.dir=" + str(tmp_path / "run")], tmp_path)
+    assert (tmp_path / "run" / "split.json").is_file()
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_cli_multirun_two_runs_two_dirs(tmp_path):
+    run_cli(["-m", "model.optimizer.lr=1e-3,3e-4", "trainer.fast_dev_run=true", "model=tiny", *TINY,
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0", "1"]
+    for run in runs:
+        overrides = (tmp_path / "sweep" / run / ".hydra" / "overrides.yaml").read_text()
+        assert "model.optimizer.lr" in overrides
+
+
+def test_cli_optuna_two_trials(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
+    proc = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.sampler.n_startup_trials=1", "model=tiny", "trainer.fast_dev_run=true", *TINY,
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0", "1"]
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_value" in best, proc.stdout[-2000:]
+
+
+def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
+    """Real DDP (2 processes, gloo): the logged val/dice equals a 1-process validation of the same weights."""
+    run_dir = tmp_path / "run"
+    run_cli(["trainer=ddp_cpu", "trainer.devices=2", "model=tiny", *TINY, "data.limit_val=6",
+             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false",
+             "callbacks.tune_thresholds.enabled=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    metrics = pd.read_csv(next(run_dir.glob("csv/*/metrics.csv")))
+    ddp_dice = metrics["val/dice_raw"].dropna().iloc[-1]
+
+    from train import train
+
+    cfg = compose_train(["model=tiny", *TINY, "data.limit_val=6", "train=false", "test=false"], tmp_path / "single")
+    # validate the DDP run's final weights in one process over the whole validation split
+    import hydra
+
+    from steel_defect.instantiate import instantiate_plain
+
+    model = instantiate_plain(cfg.model)
+    dm = instantiate_plain(cfg.data)
+    trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.validate(model, datamodule=dm, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt"),
+                                 weights_only=True)
+    assert dm.val_size == 6
+    assert single["val/dice_raw"] == pytest.approx(ddp_dice, abs=1e-6)
+    del train
+
+
+def test_resume_matches_straight_run(tmp_path):
+    """A run stopped after epoch 1 and resumed with ckpt_path ends where a straight 2-epoch run ends."""
+    from train import train
+
+    common = ["model=tiny", *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+              "trainer.deterministic=true", "test=false", "callbacks.tune_thresholds.enabled=false",
+              "~callbacks.early_stopping", "data.limit_val=4"]
+    straight = compose_train(common, tmp_path / "a")
+    train(straight)
+    stopped = compose_train([*common, "+callbacks.stop_after._target_=steel_defect.callbacks.StopAfterEpochs",
+                             "+callbacks.stop_after.epochs=1"], tmp_path / "b")
+    train(stopped)
+    first = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0
+    resumed = compose_train([*common, f"ckpt_path={tmp_path / 'b' / 'run' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "c")
+    train(resumed)
+    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    c = torch.load(tmp_path / "c" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == c["epoch"] == 1 and a["global_step"] == c["global_step"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, c["state_dict"][key]), key
+    sa, sc = a["optimizer_states"][0]["state"], c["optimizer_states"][0]["state"]
+    for idx in sa:
+        assert torch.equal(sa[idx]["exp_avg"], sc[idx]["exp_avg"])
+    assert a["lr_schedulers"][0]["last_epoch"] == c["lr_schedulers"][0]["last_epoch"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["model.net.encoder_name=efficientnet-b99"], "model.net.encoder_name"),
+        (["model.optimizer.lr=-0.001"], "model.optimizer.lr"),
+        (["data=severstal"], "data.root"),
+        (["model.net.arch=Unetto"], "model.net.arch"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_key(overrides, needle, tmp_path):
+    from train import train
+
+    cfg = compose_train(["model.net.encoder_weights=null", *overrides], tmp_path)
+    with pytest.raises(Exception) as err:
+        train(cfg)
+    assert needle in str(err.value)
+    assert not (tmp_path / "data" / "synthetic").exists() or needle != "data.root"
+
+
+def test_small_shape_constant_matches_tiny_overrides():
+    assert f"data.shape=[{SMALL_SHAPE[0]},{SMALL_SHAPE[1]}]" in TINY
