@@ -30,7 +30,9 @@ class ResumableSeed(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         step_seed = int(np.random.default_rng([self.seed, trainer.global_step]).integers(2**31))
         torch.manual_seed(step_seed)
         np.random.seed(step_seed)
@@ -54,7 +56,9 @@ class TuneThresholds(L.Callback):
     """At the end of fit, tune the post-processing on the validation split with the best checkpoint and
     write ``thresholds.yaml`` beside it (rank 0 only, over the whole validation split)."""
 
-    def __init__(self, enabled: bool = True, tta: list[str] | None = None, filename: str = "thresholds.yaml") -> None:
+    def __init__(
+        self, enabled: bool = True, tta: list[str] | None = None, filename: str = "thresholds.yaml"
+    ) -> None:
         self.enabled = enabled
         self.tta = list(tta or [])
         self.filename = filename
@@ -67,17 +71,20 @@ class TuneThresholds(L.Callback):
 
     @rank_zero_only
     def _tune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from steel_defect.inference import collect_tuning_stats
-        from steel_defect.models.module import load_net_from_checkpoint
-        from steel_defect.postprocess import PostprocessParams, format_tuning_report, save_thresholds, tune_thresholds
+        from steel_defect.inference import collect_tuning_stats, load_nets
+        from steel_defect.postprocess import (
+            PostprocessParams,
+            format_tuning_report,
+            save_thresholds,
+            tune_thresholds,
+        )
 
         ckpt = trainer.checkpoint_callback
         best = Path(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None
         if best is None or not best.is_file():
             log.warning("threshold tuning skipped: no best checkpoint was saved")
             return
-        net, meta = load_net_from_checkpoint(best, map_location=pl_module.device)
-        net.eval()
+        (net,), (meta,) = load_nets([best], device=pl_module.device)
         loader = trainer.datamodule.val_dataloader()
         stats = collect_tuning_stats(net, loader, device=pl_module.device, tta=self.tta)
         base = PostprocessParams.from_dict(meta["postprocess"]) if meta.get("postprocess") else None

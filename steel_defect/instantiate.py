@@ -67,7 +67,9 @@ def validate_config(cfg: DictConfig) -> None:
         for full_key in OmegaConf.missing_keys(cfg[key])
     )
     if missing:
-        raise ValueError(f"missing mandatory config value(s): {', '.join(missing)} (set them on the command line)")
+        raise ValueError(
+            f"missing mandatory config value(s): {', '.join(missing)} (set them on the command line)"
+        )
     data = cfg.get("data")
     if data is not None and data.get("synthetic") is None:
         root = Path(str(data.root))
@@ -75,7 +77,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise FileNotFoundError(f"data.root={root} is not a directory")
         for key in ("train_csv", "train_images"):
             if not (root / str(data[key])).exists():
-                raise FileNotFoundError(f"data.{key}: {root / str(data[key])} does not exist (data.root={root})")
+                raise FileNotFoundError(
+                    f"data.{key}: {root / str(data[key])} does not exist (data.root={root})"
+                )
 
 
 def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:

@@ -53,11 +53,19 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.C
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
     flags = [a for a in args if a.startswith("-") and not a.startswith("~")]
     overrides = [a for a in args if a not in flags]
-    cmd = [sys.executable, str(REPO / "train.py"), *flags, f"paths.data_dir={tmp_path / 'data'}",
-           f"paths.log_dir={tmp_path / 'logs'}", *overrides]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *flags,
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -79,8 +87,15 @@ def test_every_trainer_config_composes(trainer, tmp_path):
 
 
 def test_experiments_and_debug_configs_compose(tmp_path):
-    for overrides in (["experiment=demo_cpu"], ["experiment=severstal_effb1", "data.root=/x"], ["debug=overfit"],
-                      ["debug=limit"], ["debug=fast_dev_run"], ["logger=tensorboard"], ["callbacks=none"]):
+    for overrides in (
+        ["experiment=demo_cpu"],
+        ["experiment=severstal_effb1", "data.root=/x"],
+        ["debug=overfit"],
+        ["debug=limit"],
+        ["debug=fast_dev_run"],
+        ["logger=tensorboard"],
+        ["callbacks=none"],
+    ):
         cfg = compose_train(overrides, tmp_path)
         assert cfg.model.net.classes == 4
 
@@ -103,17 +118,46 @@ def test_cli_fast_dev_run_default_model(tmp_path):
 
 def test_cli_real_samples_with_effb1(samples_dir, tmp_path):
     """`python train.py model=unet_effb1 data=severstal data.root=<real samples>` at full 256x1600 size."""
-    run_cli(["model=unet_effb1", "data=severstal", f"data.root={samples_dir}", "model.net.encoder_weights=null",
-             "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "data.crop_width=256",
-             "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0",
-             "~callbacks.rich_progress_bar", "test=false", "hydra.run.dir=" + str(tmp_path / "run")], tmp_path)
+    run_cli(
+        [
+            "model=unet_effb1",
+            "data=severstal",
+            f"data.root={samples_dir}",
+            "model.net.encoder_weights=null",
+            "data.batch_size=2",
+            "data.val_batch_size=2",
+            "data.num_workers=0",
+            "data.crop_width=256",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.num_sanity_val_steps=0",
+            "~callbacks.rich_progress_bar",
+            "test=false",
+            "hydra.run.dir=" + str(tmp_path / "run"),
+        ],
+        tmp_path,
+    )
     assert (tmp_path / "run" / "split.json").is_file()
-    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert list((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    # threshold tuning ran on the best checkpoint at the end of fit and wrote thresholds.yaml beside it
+    from steel_defect.postprocess import load_thresholds
+
+    params = load_thresholds(tmp_path / "run" / "checkpoints" / "thresholds.yaml")
+    assert len(params.t_pix) == 4
 
 
 def test_cli_multirun_two_runs_two_dirs(tmp_path):
-    run_cli(["-m", "model.optimizer.lr=1e-3,3e-4", "trainer.fast_dev_run=true", "model=tiny", *TINY,
-             f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "model.optimizer.lr=1e-3,3e-4",
+            "trainer.fast_dev_run=true",
+            "model=tiny",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+    )
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert runs == ["0", "1"]
     for run in runs:
@@ -123,9 +167,19 @@ def test_cli_multirun_two_runs_two_dirs(tmp_path):
 
 def test_cli_optuna_two_trials(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
-    proc = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.sampler.n_startup_trials=1", "model=tiny", "trainer.fast_dev_run=true", *TINY,
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            "model=tiny",
+            "trainer.fast_dev_run=true",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+    )
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert runs == ["0", "1"]
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
@@ -135,15 +189,29 @@ def test_cli_optuna_two_trials(tmp_path):
 def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     """Real DDP (2 processes, gloo): the logged val/dice equals a 1-process validation of the same weights."""
     run_dir = tmp_path / "run"
-    run_cli(["trainer=ddp_cpu", "trainer.devices=2", "model=tiny", *TINY, "data.limit_val=6",
-             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false",
-             "callbacks.tune_thresholds.enabled=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    run_cli(
+        [
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "model=tiny",
+            *TINY,
+            "data.limit_val=6",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "test=false",
+            "callbacks.tune_thresholds.enabled=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     metrics = pd.read_csv(next(run_dir.glob("csv/*/metrics.csv")))
     ddp_dice = metrics["val/dice_raw"].dropna().iloc[-1]
 
     from train import train
 
-    cfg = compose_train(["model=tiny", *TINY, "data.limit_val=6", "train=false", "test=false"], tmp_path / "single")
+    cfg = compose_train(
+        ["model=tiny", *TINY, "data.limit_val=6", "train=false", "test=false"], tmp_path / "single"
+    )
     # validate the DDP run's final weights in one process over the whole validation split
     import hydra
 
@@ -152,8 +220,9 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     model = instantiate_plain(cfg.model)
     dm = instantiate_plain(cfg.data)
     trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False, enable_progress_bar=False)
-    (single,) = trainer.validate(model, datamodule=dm, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt"),
-                                 weights_only=True)
+    (single,) = trainer.validate(
+        model, datamodule=dm, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt"), weights_only=True
+    )
     assert dm.val_size == 6
     assert single["val/dice_raw"] == pytest.approx(ddp_dice, abs=1e-6)
     del train
@@ -163,18 +232,33 @@ def test_resume_matches_straight_run(tmp_path):
     """A run stopped after epoch 1 and resumed with ckpt_path ends where a straight 2-epoch run ends."""
     from train import train
 
-    common = ["model=tiny", *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-              "trainer.deterministic=true", "test=false", "callbacks.tune_thresholds.enabled=false",
-              "~callbacks.early_stopping", "data.limit_val=4"]
+    common = [
+        "model=tiny",
+        *TINY,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.deterministic=true",
+        "test=false",
+        "callbacks.tune_thresholds.enabled=false",
+        "~callbacks.early_stopping",
+        "data.limit_val=4",
+    ]
     straight = compose_train(common, tmp_path / "a")
     train(straight)
-    stopped = compose_train([*common, "+callbacks.stop_after._target_=steel_defect.callbacks.StopAfterEpochs",
-                             "+callbacks.stop_after.epochs=1"], tmp_path / "b")
+    stopped = compose_train(
+        [
+            *common,
+            "+callbacks.stop_after._target_=steel_defect.callbacks.StopAfterEpochs",
+            "+callbacks.stop_after.epochs=1",
+        ],
+        tmp_path / "b",
+    )
     train(stopped)
     first = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0
-    resumed = compose_train([*common, f"ckpt_path={tmp_path / 'b' / 'run' / 'checkpoints' / 'last.ckpt'}"],
-                            tmp_path / "c")
+    resumed = compose_train(
+        [*common, f"ckpt_path={tmp_path / 'b' / 'run' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "c"
+    )
     train(resumed)
     a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     c = torch.load(tmp_path / "c" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
