@@ -93,4 +93,3 @@ class TuneThresholds(L.Callback):
         save_thresholds(params, self.path, report=report, meta={"checkpoint": best.name, "tta": self.tta})
         self.report = report
         log.info("tuned thresholds written to %s\n%s", self.path, format_tuning_report(report))
-        print(format_tuning_report(report))
