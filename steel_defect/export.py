@@ -1,0 +1,316 @@
+"""ONNX export of a :class:`~steel_defect.models.factory.SteelNet` and an onnxruntime drop-in for it.
+
+The graph takes ``image`` float32 (B, 3, H, W) in [0, 1] (the normalisation buffers are inside the net, so
+they are in the graph) and returns ``mask_logits`` (B, C, H, W) and ``class_logits`` (B, C). The batch axis is
+always dynamic; the width axis is dynamic with ``dynamic_width=True`` (the height is fixed).
+
+Exporter choice: torch 2.15 defaults to the ``torch.export``-based exporter (``dynamo=True``), which needs
+the ``onnxscript`` package, not part of the ``onnx`` extra. The TorchScript exporter (``dynamo=False``) needs
+only ``onnx``, handles smp/timm U-Nets (resnet, EfficientNet, TF-"same"-padded Lite) with a dynamic width,
+and the result is verified against torch after every export, so it is used here.
+
+:class:`OnnxNet` is a ``torch.nn.Module`` taking and returning torch tensors, so
+:func:`steel_defect.inference.predict_batch` (padding, TTA, averaging) and all post-processing stay identical
+whichever runtime produced the logits. onnx/onnxruntime are an optional extra: ``pip install
+"steel-defect[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steel_defect import DEFAULT_SHAPE, __version__
+from steel_defect.io import atomic_save
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT_NAME",
+    "METADATA_KEY",
+    "OUTPUT_NAMES",
+    "OnnxNet",
+    "compare_with_torch",
+    "export_onnx",
+    "read_onnx_metadata",
+]
+
+#: Version of the metadata layout stored in the ONNX file (OnnxNet refuses newer ones).
+FORMAT_VERSION = 1
+#: ``metadata_props`` key holding the JSON metadata.
+METADATA_KEY = "steel_defect"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("mask_logits", "class_logits")
+#: Largest torch-vs-ONNX probability difference accepted by the check after export.
+PROB_TOLERANCE = 1e-4
+_EXTRA_HINT = 'pip install "steel-defect[onnx]"'
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs the onnx package (optional extra): {_EXTRA_HINT}") from err
+    return onnx
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(
+            f"runtime=onnx needs the onnxruntime package (optional extra): {_EXTRA_HINT}"
+        ) from err
+    return onnxruntime
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON (tuples -> lists, paths -> str) so the metadata is plain and comparable."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _output_stride(net: nn.Module) -> int:
+    stride = getattr(net, "output_stride", None)
+    return int(stride) if stride is not None else 32
+
+
+def _check_size(name: str, value: Any, stride: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0 or value % stride:
+        raise ValueError(
+            f"export {name} must be a positive multiple of the net's output stride {stride}, got {value!r}"
+        )
+    return int(value)
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | os.PathLike,
+    height: int = DEFAULT_SHAPE[0],
+    width: int = DEFAULT_SHAPE[1],
+    opset: int = 17,
+    dynamic_width: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> Path:
+    """Export ``net`` (a SteelNet) to ``path`` atomically and return the path.
+
+    ``width`` is the traced width (and the only accepted one unless ``dynamic_width``). ``meta`` (e.g. the
+    checkpoint's ``steel_defect`` meta) is stored with the net config in the model's ``metadata_props``.
+    With ``verify`` the written model is run with onnxruntime on random images (and a second width when
+    dynamic) and must match torch's probabilities within :data:`PROB_TOLERANCE`.
+    """
+    onnx = _import_onnx()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 21:
+        raise ValueError(f"export opset must be an integer in [13, 21], got {opset!r}")
+    stride = _output_stride(net)
+    height, width = _check_size("height", height, stride), _check_size("width", width, stride)
+    config = getattr(net, "config", None)
+    classes = int(config["classes"]) if isinstance(config, Mapping) and "classes" in config else None
+    channels = int(config["in_channels"]) if isinstance(config, Mapping) and "in_channels" in config else 3
+    metadata = _jsonable(
+        {
+            "format_version": FORMAT_VERSION,
+            "net": dict(config) if isinstance(config, Mapping) else None,
+            "classes": classes,
+            "in_channels": channels,
+            "height": height,
+            "width": None if dynamic_width else width,
+            "traced_width": width,
+            "dynamic_width": bool(dynamic_width),
+            "output_stride": stride,
+            "input": INPUT_NAME,
+            "outputs": list(OUTPUT_NAMES),
+            "opset": opset,
+            "torch": torch.__version__,
+            "steel_defect": __version__,
+            "meta": dict(meta) if meta is not None else None,
+        }
+    )
+    axes_in = {0: "batch", 3: "width"} if dynamic_width else {0: "batch"}
+    dynamic_axes = {INPUT_NAME: axes_in, OUTPUT_NAMES[0]: dict(axes_in), OUTPUT_NAMES[1]: {0: "batch"}}
+    # Trace with batch 2 so that no batch-1 special case is baked into the graph.
+    dummy = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            cpu_net = net.to("cpu")
+
+            def write(tmp: str) -> None:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+                    warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                    torch.onnx.export(
+                        cpu_net,
+                        (dummy,),
+                        tmp,
+                        dynamo=False,
+                        input_names=[INPUT_NAME],
+                        output_names=list(OUTPUT_NAMES),
+                        opset_version=opset,
+                        dynamic_axes=dynamic_axes,
+                        do_constant_folding=True,
+                    )
+                model = onnx.load(tmp)
+                entry = model.metadata_props.add()
+                entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
+                model.producer_name = "steel-defect"
+                model.producer_version = __version__
+                onnx.checker.check_model(model, full_check=True)
+                onnx.save(model, tmp)
+
+            path = atomic_save(path, write)
+            if verify:
+                widths = [width, width + 2 * stride] if dynamic_width else [width]
+                for w in widths:
+                    x = torch.rand(2, channels, height, w, generator=torch.Generator().manual_seed(w))
+                    gap = compare_with_torch(cpu_net, OnnxNet(path), x)
+                    if max(gap.values()) > PROB_TOLERANCE:
+                        path.unlink()
+                        raise RuntimeError(
+                            f"ONNX export {path} disagrees with torch at width {w}: max probability gaps {gap} "
+                            f"> {PROB_TOLERANCE}; the file was removed"
+                        )
+    finally:
+        net.to(device)
+        net.train(was_training)
+    return path
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``steel_defect`` metadata of an exported model (ValueError if it is not one of ours)."""
+    onnx = _import_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    model = onnx.load(str(path), load_external_data=False)
+    return _parse_metadata(path, {p.key: p.value for p in model.metadata_props})
+
+
+def _parse_metadata(path: Path, props: Mapping[str, str]) -> dict[str, Any]:
+    if METADATA_KEY not in props:
+        raise ValueError(
+            f"{path}: no {METADATA_KEY!r} metadata: not exported by steel_defect.export.export_onnx "
+            "(python predict.py task=export ckpt=...)"
+        )
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: {METADATA_KEY!r} metadata is not valid JSON: {err}") from err
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: unsupported {METADATA_KEY} metadata format_version={version!r} (this steel_defect "
+            f"{__version__} reads <= {FORMAT_VERSION}); re-export with this version"
+        )
+    return meta
+
+
+class OnnxNet(nn.Module):
+    """An exported model run by onnxruntime, called like a SteelNet: float (B, 3, H, W) in [0, 1] ->
+    ``(mask_logits, class_logits)`` torch float32 tensors on the input's device.
+
+    ``providers`` defaults to ``["CPUExecutionProvider"]`` (plus CUDA first when onnxruntime has it and
+    ``device="cuda"``); ``intra_op_threads`` sets onnxruntime's thread pool (None: its default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        ort = _import_ort()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"ONNX model not found: {self.path} (write one with: python predict.py task=export ckpt=...)"
+            )
+        options = ort.SessionOptions()
+        if intra_op_threads is not None:
+            if (
+                isinstance(intra_op_threads, bool)
+                or not isinstance(intra_op_threads, int)
+                or intra_op_threads < 0
+            ):
+                raise ValueError(
+                    f"intra_op_threads must be a non-negative integer or None, got {intra_op_threads!r}"
+                )
+            options.intra_op_num_threads = intra_op_threads
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = ["CPUExecutionProvider"]
+            if str(device).startswith("cuda") and "CUDAExecutionProvider" in available:
+                providers = ["CUDAExecutionProvider", *providers]
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        self.meta = _parse_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
+        names_in = [i.name for i in self.session.get_inputs()]
+        names_out = [o.name for o in self.session.get_outputs()]
+        if names_in != [INPUT_NAME] or names_out != list(OUTPUT_NAMES):
+            raise ValueError(
+                f"{self.path}: expected input {[INPUT_NAME]} and outputs {list(OUTPUT_NAMES)}, "
+                f"got {names_in} and {names_out}"
+            )
+        self.height = int(self.meta["height"])
+        self.width = None if self.meta["dynamic_width"] else int(self.meta["width"])
+        self.in_channels = int(self.meta.get("in_channels", 3))
+        self.output_stride = int(self.meta.get("output_stride", 32))
+        self.config = self.meta.get("net")
+
+    def extra_repr(self) -> str:
+        width = "dynamic" if self.width is None else self.width
+        return f"path={str(self.path)!r}, height={self.height}, width={width}"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"OnnxNet expects a (B, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"OnnxNet expects a float tensor in [0, 1], got dtype {x.dtype}")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if h != self.height:
+            raise ValueError(
+                f"{self.path} was exported for height {self.height}, got input height {h}; "
+                f"re-export with export.height={h}"
+            )
+        if self.width is not None and w != self.width:
+            raise ValueError(
+                f"{self.path} was exported for the fixed width {self.width}, got input width {w}; re-export "
+                f"with export.width={w} or export.dynamic_width=true"
+            )
+        if w % self.output_stride:
+            raise ValueError(f"input width {w} is not a multiple of the output stride {self.output_stride}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(x)
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        mask_logits, class_logits = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+        return torch.from_numpy(mask_logits).to(x.device), torch.from_numpy(class_logits).to(x.device)
+
+
+@torch.no_grad()
+def compare_with_torch(net: nn.Module, onnx_net: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Largest absolute differences of the sigmoid probabilities between ``net`` and ``onnx_net``."""
+    was_training = net.training
+    net.eval()
+    try:
+        t_mask, t_cls = net(images)
+    finally:
+        net.train(was_training)
+    o_mask, o_cls = onnx_net(images)
+    return {
+        "mask": float((t_mask.float().sigmoid() - o_mask.float().sigmoid()).abs().max()),
+        "class": float((t_cls.float().sigmoid() - o_cls.float().sigmoid()).abs().max()),
+    }

@@ -1,0 +1,717 @@
+"""Kaggle offline bundle: ``python -m steel_defect.kaggle bundle ckpt=PATH[,PATH2] out=DIR [key=value ...]``.
+
+Kaggle's code competition runs the kernel with the internet off, so everything the kernel installs must be
+inside a Kaggle Dataset. ``bundle`` writes that folder::
+
+    DIR/wheels/steel_defect-<v>-py3-none-any.whl     the project (built from this checkout)
+    DIR/wheels/<dependency>-<v>-<tag>.whl            what Kaggle's image lacks (``wheels=``; never torch)
+    DIR/checkpoints/<name>.ckpt                      slimmed: state_dict + steel_defect meta + hparams
+    DIR/thresholds.yaml                              default: the one beside the first checkpoint
+    DIR/kernel.py, DIR/kernel.ipynb                  the kernel (the same code as a one-cell notebook)
+    DIR/steel_defect_bundle.json                     manifest: settings, wheels, files with sha256
+
+The kernel checks the files against the manifest, runs ``pip install --no-index --find-links DIR/wheels
+--no-deps`` for the pinned bundled wheels (so Kaggle's own torch, numpy, timm ... are used), then predicts
+with :func:`steel_defect.inference.predict_images` (the function behind ``predict.py``) and writes
+``/kaggle/working/submission.csv`` from ``/kaggle/input/severstal-steel-defect-detection/test_images``.
+
+Dependency wheels are rebuilt offline from the packages installed in this environment (their RECORD files,
+with every hash verified); ``download=true`` fetches them with ``pip wheel --no-deps`` instead (network).
+
+Keys: ``ckpt`` (required; ``a,b`` or ``[a,b]``), ``out`` (required), ``thresholds`` (auto | none | PATH),
+``wheels`` (replaces the default list), ``extra_wheels`` (added to it), ``input``, ``output``, ``download``,
+``overwrite``, ``batch_size``, ``num_workers``, ``tta``, ``device``, ``amp``, ``project_wheel`` (a prebuilt
+project wheel instead of building this checkout).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+import pprint
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from steel_defect import __version__
+from steel_defect.io import atomic_save, atomic_write
+
+__all__ = [
+    "DEFAULT_INPUT",
+    "DEFAULT_OUTPUT",
+    "DEFAULT_WHEELS",
+    "MANIFEST_NAME",
+    "build_bundle",
+    "build_project_wheel",
+    "kernel_source",
+    "main",
+    "notebook_json",
+    "parse_args",
+    "run_kernel",
+    "slim_checkpoint",
+    "wheel_from_installed",
+]
+
+PROJECT = "steel-defect"
+#: What Kaggle's image lacks (it has torch, torchvision, timm, albumentations, lightning, pandas, opencv ...).
+DEFAULT_WHEELS: tuple[str, ...] = (
+    "segmentation-models-pytorch",
+    "hydra-core",
+    "omegaconf",
+    "antlr4-python3-runtime",
+)
+#: Never bundled: Kaggle's own CUDA build of torch must stay in charge.
+NEVER_BUNDLE: tuple[str, ...] = ("torch", "torchvision", "torchaudio", "triton")
+NEVER_BUNDLE_PREFIXES: tuple[str, ...] = ("nvidia-", "cuda-")
+DEFAULT_INPUT = "/kaggle/input/severstal-steel-defect-detection/test_images"
+DEFAULT_OUTPUT = "/kaggle/working/submission.csv"
+MANIFEST_NAME = "steel_defect_bundle.json"
+KERNEL_NAME = "kernel.py"
+NOTEBOOK_NAME = "kernel.ipynb"
+THRESHOLDS_NAME = "thresholds.yaml"
+FORMAT_VERSION = 1
+#: Checkpoint keys kept by :func:`slim_checkpoint` (optimizer states, loops and callbacks are dropped).
+SLIM_KEYS = (
+    "state_dict",
+    "steel_defect",
+    "hyper_parameters",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
+#: Settings of ``bundle`` with their defaults (keys accepted on the command line besides ckpt/out).
+BUNDLE_DEFAULTS: dict[str, Any] = {
+    "thresholds": "auto",
+    "wheels": list(DEFAULT_WHEELS),
+    "extra_wheels": [],
+    "input": DEFAULT_INPUT,
+    "output": DEFAULT_OUTPUT,
+    "download": False,
+    "overwrite": False,
+    "batch_size": 4,
+    "num_workers": 2,
+    "tta": [],
+    "device": "auto",
+    "amp": True,
+    "project_wheel": None,
+}
+_FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_TEMPLATE = Path(__file__).with_name("kaggle_kernel.py")
+_SETTINGS_RE = re.compile(r"^# >>> settings\n.*?^# <<< settings\n", re.S | re.M)
+
+
+# ======================================================================================================
+# Wheels
+# ======================================================================================================
+def canonical_name(name: str) -> str:
+    """PEP 503 normalised project name (``Hydra_Core`` -> ``hydra-core``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_bundle_name(name: str) -> str:
+    """Reject packages that must never be bundled (torch & co., CUDA wheels)."""
+    canon = canonical_name(name)
+    if canon in NEVER_BUNDLE or canon.startswith(NEVER_BUNDLE_PREFIXES):
+        raise ValueError(
+            f"wheels: {name!r} must not be bundled: the kernel uses Kaggle's own torch/CUDA stack "
+            f"(never bundled: {', '.join(NEVER_BUNDLE)}, {', '.join(p + '*' for p in NEVER_BUNDLE_PREFIXES)})"
+        )
+    return canon
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _wheel_tag(wheel_text: str, name: str) -> str:
+    """Compressed tag (``py2.py3-none-any``) from the ``Tag:`` lines of a WHEEL file."""
+    tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
+    if not tags:
+        raise ValueError(f"{name}: its installed WHEEL file has no Tag line; cannot rebuild a wheel")
+    parts: list[list[str]] = [[], [], []]
+    for tag in tags:
+        pieces = tag.split("-")
+        if len(pieces) != 3:
+            raise ValueError(f"{name}: malformed wheel tag {tag!r} in its WHEEL file")
+        for i, piece in enumerate(pieces):
+            if piece not in parts[i]:
+                parts[i].append(piece)
+    return "-".join(".".join(p) for p in parts)
+
+
+def _console_scripts(dist: metadata.Distribution) -> set[str]:
+    return {ep.name for ep in dist.entry_points if ep.group in ("console_scripts", "gui_scripts")}
+
+
+def wheel_from_installed(name: str, out_dir: str | os.PathLike) -> Path:
+    """Rebuild the wheel of an installed distribution from its RECORD, offline; return the wheel path.
+
+    Every recorded file is checked against its RECORD hash (a modified install raises). Scripts go to
+    ``<name>.data/scripts`` with their shebang reset to ``#!python``; console scripts are left to the
+    installer (they come from entry_points.txt); byte code and installer files (INSTALLER, REQUESTED,
+    direct_url.json, RECORD) are not copied, RECORD is rewritten. Editable installs are refused.
+    """
+    check_bundle_name(name)
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError as err:
+        raise ValueError(
+            f"wheels: {name!r} is not installed in this environment ({sys.prefix}); install it, drop it from "
+            "wheels=, or pass download=true"
+        ) from err
+    direct = dist.read_text("direct_url.json")
+    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+        raise ValueError(f"wheels: {name!r} is an editable install; build its wheel with `pip wheel` instead")
+    wheel_text = dist.read_text("WHEEL")
+    if wheel_text is None:
+        raise ValueError(
+            f"wheels: {name!r} was not installed from a wheel (no WHEEL file); use download=true"
+        )
+    if not dist.files:
+        raise ValueError(f"wheels: {name!r} has no RECORD file list; cannot rebuild its wheel")
+    real_name, version = dist.metadata["Name"], dist.version
+    escaped = re.sub(r"[-_.]+", "_", real_name).lower()
+    tag = _wheel_tag(wheel_text, real_name)
+    root = Path(dist.locate_file("")).resolve()
+    info_dirs = {f.parts[0] for f in dist.files if f.parts and f.parts[0].endswith(".dist-info")}
+    if len(info_dirs) != 1:
+        raise ValueError(
+            f"wheels: {name!r}: expected one .dist-info folder in RECORD, got {sorted(info_dirs)}"
+        )
+    info_dir = info_dirs.pop()
+    data_dir = f"{escaped}-{version.replace('-', '_')}.data"
+    scripts_dir = Path(sysconfig.get_path("scripts")).resolve()
+    console = _console_scripts(dist)
+    skip_info = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+
+    entries: list[tuple[str, bytes, int]] = []
+    for file in dist.files:
+        rel = file.as_posix()
+        if "__pycache__" in file.parts or rel.endswith((".pyc", ".pyo")):
+            continue
+        if file.parts[0] == info_dir and len(file.parts) == 2 and file.parts[1] in skip_info:
+            continue
+        path = Path(dist.locate_file(file)).resolve()
+        if not path.is_file():
+            raise ValueError(f"wheels: {name!r}: recorded file {rel} is missing at {path}; reinstall {name}")
+        data = path.read_bytes()
+        if file.hash is not None and _record_hash(data) != f"{file.hash.mode}={file.hash.value}":
+            raise ValueError(
+                f"wheels: {name!r}: {path} differs from its RECORD hash (modified after install); reinstall "
+                f"{name} or pass download=true"
+            )
+        mode = path.stat().st_mode & 0o777
+        if rel.startswith("../"):
+            if path.parent != scripts_dir:
+                raise ValueError(
+                    f"wheels: {name!r} installs {path} outside site-packages and scripts; not supported"
+                )
+            if path.name in console:
+                continue
+            if data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
+                data = b"#!python" + data[data.index(b"\n") :] if b"\n" in data else b"#!python"
+            entries.append((f"{data_dir}/scripts/{path.name}", data, mode))
+        else:
+            if not path.is_relative_to(root):
+                raise ValueError(f"wheels: {name!r}: {rel} resolves outside {root}")
+            entries.append((rel, data, mode))
+    entries.sort(key=lambda e: (e[0].startswith(info_dir + "/"), e[0]))
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for arc, data, _ in entries:
+        writer.writerow((arc, _record_hash(data), len(data)))
+    writer.writerow((f"{info_dir}/RECORD", "", ""))
+    entries.append((f"{info_dir}/RECORD", record.getvalue().encode(), 0o644))
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arc, data, mode in entries:
+                info = zipfile.ZipInfo(arc, date_time=_FIXED_ZIP_DATE)
+                info.external_attr = (0o100000 | mode) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+
+    return atomic_save(Path(out_dir) / f"{escaped}-{version.replace('-', '_')}-{tag}.whl", write)
+
+
+def _pip(args: Sequence[str], what: str) -> None:
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-25:]
+        raise RuntimeError(f"{what} failed (pip {' '.join(args)}):\n" + "\n".join(tail))
+
+
+def _single_new_wheel(folder: Path, prefix: str, what: str) -> Path:
+    found = sorted(folder.glob("*.whl"))
+    if len(found) != 1 or not found[0].name.lower().startswith(prefix):
+        raise RuntimeError(f"{what}: expected one {prefix}*.whl in {folder}, got {[p.name for p in found]}")
+    return found[0]
+
+
+def project_root() -> Path:
+    """The checkout this package was imported from (it must hold the steel-defect pyproject.toml)."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or 'name = "steel-defect"' not in pyproject.read_text(encoding="utf-8"):
+        raise FileNotFoundError(
+            f"steel_defect is not imported from a source checkout ({root} has no steel-defect pyproject.toml); "
+            "pass project_wheel=PATH to a built wheel"
+        )
+    return root
+
+
+def build_project_wheel(out_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Build the project's wheel offline (``pip wheel --no-deps --no-build-isolation --no-index``).
+
+    The sources are copied to a temporary folder first, so the checkout gets no build/ or egg-info.
+    """
+    root = Path(root) if root is not None else project_root()
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="steel-defect-wheel-") as tmp:
+        src, dist = Path(tmp) / "src", Path(tmp) / "dist"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        shutil.copytree(
+            root / "steel_defect", src / "steel_defect", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        _pip(
+            [
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--quiet",
+                "--wheel-dir",
+                str(dist),
+                str(src),
+            ],
+            "building the steel-defect wheel",
+        )
+        built = _single_new_wheel(dist, "steel_defect-", "building the steel-defect wheel")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(built, out_dir / built.name))
+
+
+def download_wheel(name: str, out_dir: str | os.PathLike) -> Path:
+    """Fetch (or build from an sdist) the wheel of ``name`` at its installed version, if installed (network)."""
+    canon = check_bundle_name(name)
+    try:
+        spec = f"{name}=={metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        spec = name
+    with tempfile.TemporaryDirectory(prefix="steel-defect-dl-") as tmp:
+        _pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", tmp, spec], f"downloading {spec}")
+        built = _single_new_wheel(Path(tmp), canon.replace("-", "_"), f"downloading {spec}")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(built, Path(out_dir) / built.name))
+
+
+def wheel_name_version(path: Path) -> tuple[str, str]:
+    """(canonical name, version) from a wheel file name."""
+    parts = path.name[: -len(".whl")].split("-")
+    if len(parts) < 5 or not path.name.endswith(".whl"):
+        raise ValueError(f"not a wheel file name: {path.name}")
+    return canonical_name(parts[0]), parts[1]
+
+
+# ======================================================================================================
+# Checkpoints
+# ======================================================================================================
+def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a training checkpoint without optimizer states, loops or callbacks (``weights_only`` safe).
+
+    Keeps :data:`SLIM_KEYS`; the result still loads with ``load_net_from_checkpoint`` (checked).
+    """
+    import torch
+
+    from steel_defect.models.module import load_net_from_checkpoint
+
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"ckpt: checkpoint not found: {src}")
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, Mapping) or "steel_defect" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"ckpt: {src} is not a steel-defect training checkpoint (no 'steel_defect'/'state_dict')"
+        )
+    slim = {key: ckpt[key] for key in SLIM_KEYS if key in ckpt}
+    path = atomic_save(dst, lambda tmp: torch.save(slim, tmp))
+    net, _ = load_net_from_checkpoint(path)
+    del net
+    return path
+
+
+# ======================================================================================================
+# Kernel
+# ======================================================================================================
+def kernel_source(settings: Mapping[str, Any]) -> str:
+    """The kernel script: the template in ``steel_defect/kaggle_kernel.py`` with ``SETTINGS`` filled in."""
+    template = _TEMPLATE.read_text(encoding="utf-8")
+    block = (
+        "# >>> settings\nSETTINGS = "
+        + pprint.pformat(dict(settings), sort_dicts=False, width=100)
+        + "\n# <<< settings\n"
+    )
+    source, n = _SETTINGS_RE.subn(lambda _: block, template, count=1)
+    if n != 1:
+        raise RuntimeError(f"{_TEMPLATE}: the '# >>> settings' / '# <<< settings' block is missing")
+    compile(source, KERNEL_NAME, "exec")
+    return source
+
+
+def notebook_json(source: str) -> dict[str, Any]:
+    """A valid nbformat 4 notebook with ``source`` as its only code cell."""
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "steel-defect-kernel",
+                "metadata": {},
+                "outputs": [],
+                "source": source.splitlines(keepends=True),
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[str, Any]:
+    """What the kernel does after installing: predict ``settings["input"]`` into ``settings["output"]``.
+
+    The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
+    """
+    from steel_defect.inference import (
+        format_summary,
+        load_nets,
+        predict_images,
+        resolve_device,
+        resolve_thresholds,
+    )
+
+    bundle = Path(bundle)
+    images = Path(settings["input"])
+    if not images.is_dir():
+        raise FileNotFoundError(
+            f"kernel input: test image folder not found: {images} (STEEL_DEFECT_INPUT overrides)"
+        )
+    ckpts = [bundle / p for p in settings["checkpoints"]]
+    device = resolve_device(str(settings["device"]))
+    nets, metas = load_nets(ckpts, device, "torch")
+    thresholds = settings.get("thresholds")
+    params, source = resolve_thresholds(
+        str(bundle / thresholds) if thresholds else "auto", ckpts[0], metas[0]
+    )
+    amp = bool(settings["amp"]) and device.type == "cuda"
+    summary = predict_images(
+        nets,
+        images,
+        params,
+        settings["output"],
+        fmt="current",
+        device=device,
+        tta=list(settings["tta"]),
+        amp=amp,
+        batch_size=int(settings["batch_size"]),
+        num_workers=int(settings["num_workers"]),
+    )
+    summary["thresholds"] = source
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+# ======================================================================================================
+# Bundle
+# ======================================================================================================
+def _as_list(key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str | os.PathLike):
+        text = str(value).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+    if isinstance(value, Sequence):
+        return [str(v) for v in value]
+    raise ValueError(f"{key} must be a list (a,b or [a,b]), got {value!r}")
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def _as_int(key: str, value: Any, minimum: int) -> int:
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum or str(number) != str(value).strip():
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    return [f"{i}_{n}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def build_bundle(
+    ckpt: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    **options: Any,
+) -> Path:
+    """Write the Kaggle Dataset folder ``out`` (see the module docstring); returns ``out``.
+
+    ``options`` are the :data:`BUNDLE_DEFAULTS` keys. The folder is built beside ``out`` and renamed into
+    place at the end, so ``out`` is either complete or untouched; an existing non-empty ``out`` is only
+    replaced with ``overwrite=True``.
+    """
+    unknown = sorted(set(options) - set(BUNDLE_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown bundle option(s) {unknown}; valid: ckpt, out, {', '.join(BUNDLE_DEFAULTS)}"
+        )
+    opt = {**BUNDLE_DEFAULTS, **options}
+    ckpts = [Path(p) for p in _as_list("ckpt", ckpt)]
+    if not ckpts:
+        raise ValueError("ckpt is required: ckpt=PATH or ckpt=[a.ckpt,b.ckpt]")
+    for path in ckpts:
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
+    out = Path(out)
+    overwrite = _as_bool("overwrite", opt["overwrite"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
+    download = _as_bool("download", opt["download"])
+    wheels = list(
+        dict.fromkeys(
+            canonical_name(n)
+            for n in _as_list("wheels", opt["wheels"]) + _as_list("extra_wheels", opt["extra_wheels"])
+        )
+    )
+    for name in wheels:
+        check_bundle_name(name)
+        if name == PROJECT:
+            raise ValueError("wheels: steel-defect itself is always bundled; do not list it")
+    if not download:  # fail before any work, not after building the project wheel
+        for name in wheels:
+            try:
+                metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                raise ValueError(
+                    f"wheels: {name!r} is not installed in this environment ({sys.prefix}); install it, drop it "
+                    "from wheels=, or pass download=true"
+                ) from None
+    tta = _as_list("tta", opt["tta"])
+    from steel_defect.inference import check_tta
+
+    check_tta(tta)
+    thresholds = opt["thresholds"]
+    if thresholds is None or str(thresholds).lower() in ("none", "null", ""):
+        thresholds_src = None
+    elif str(thresholds) == "auto":
+        beside = ckpts[0].parent / THRESHOLDS_NAME
+        thresholds_src = beside if beside.is_file() else None
+    else:
+        thresholds_src = Path(thresholds)
+        if not thresholds_src.is_file():
+            raise FileNotFoundError(
+                f"thresholds={thresholds}: no such file (auto, none or a thresholds.yaml path)"
+            )
+    if thresholds_src is not None:
+        from steel_defect.postprocess import load_thresholds
+
+        load_thresholds(thresholds_src)  # validate before bundling
+    project_wheel = opt["project_wheel"]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        wheel_dir = tmp / "wheels"
+        wheel_dir.mkdir()
+        records = []
+        if project_wheel:
+            src = Path(project_wheel)
+            if not src.is_file() or not src.name.startswith("steel_defect-"):
+                raise FileNotFoundError(f"project_wheel={project_wheel}: not an existing steel_defect-*.whl")
+            built = Path(shutil.copy2(src, wheel_dir / src.name))
+        else:
+            built = build_project_wheel(wheel_dir)
+        records.append((built, "project"))
+        for name in wheels:
+            path = download_wheel(name, wheel_dir) if download else wheel_from_installed(name, wheel_dir)
+            records.append((path, "download" if download else "installed"))
+        wheel_info = []
+        for path, source in records:
+            canon, version = wheel_name_version(path)
+            wheel_info.append(
+                {"name": canon, "version": version, "file": f"wheels/{path.name}", "source": source}
+            )
+        requirements = [f"{w['name']}=={w['version']}" for w in wheel_info]
+
+        (tmp / "checkpoints").mkdir()
+        names = _unique_names(ckpts)
+        for src, name in zip(ckpts, names, strict=True):
+            slim_checkpoint(src, tmp / "checkpoints" / name)
+        if thresholds_src is not None:
+            shutil.copyfile(thresholds_src, tmp / THRESHOLDS_NAME)
+
+        settings = {
+            "input": str(opt["input"]),
+            "output": str(opt["output"]),
+            "checkpoints": [f"checkpoints/{n}" for n in names],
+            "thresholds": THRESHOLDS_NAME if thresholds_src is not None else None,
+            "wheels_dir": "wheels",
+            "requirements": requirements,
+            "batch_size": _as_int("batch_size", opt["batch_size"], 1),
+            "num_workers": _as_int("num_workers", opt["num_workers"], 0),
+            "tta": tta,
+            "device": str(opt["device"]),
+            "amp": _as_bool("amp", opt["amp"]),
+            "manifest": MANIFEST_NAME,
+        }
+        source = kernel_source(settings)
+        with atomic_write(tmp / KERNEL_NAME, "w", encoding="utf-8") as fh:
+            fh.write(source)
+        with atomic_write(tmp / NOTEBOOK_NAME, "w", encoding="utf-8") as fh:
+            json.dump(notebook_json(source), fh, indent=1)
+            fh.write("\n")
+
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            path.chmod(0o644)
+            files[path.relative_to(tmp).as_posix()] = {
+                "sha256": _sha256_file(path),
+                "size": path.stat().st_size,
+            }
+        for item in wheel_info:
+            item["sha256"] = files[item["file"]]["sha256"]
+        import torch
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "steel_defect": __version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "built_with": {
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "platform": sys.platform,
+            },
+            "source_checkpoints": [str(p.resolve()) for p in ckpts],
+            "thresholds_source": str(thresholds_src.resolve()) if thresholds_src is not None else None,
+            "wheels": wheel_info,
+            "settings": settings,
+            "files": files,
+        }
+        with atomic_write(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.write("\n")
+        (tmp / MANIFEST_NAME).chmod(0o644)
+        tmp.chmod(0o755)
+        for sub in (tmp / "wheels", tmp / "checkpoints"):
+            sub.chmod(0o755)
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ======================================================================================================
+# CLI
+# ======================================================================================================
+USAGE = (
+    "usage: python -m steel_defect.kaggle bundle ckpt=PATH[,PATH2] out=DIR [thresholds=auto|none|PATH]\n"
+    "       [wheels=a,b] [extra_wheels=c] [input=DIR] [output=CSV] [download=false] [overwrite=false]\n"
+    "       [batch_size=4] [num_workers=2] [tta=[hflip]] [device=auto] [amp=true] [project_wheel=WHL]"
+)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """``bundle key=value ...`` -> ("bundle", {key: value}); unknown keys raise naming the valid ones."""
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(USAGE)
+    command, *pairs = argv
+    if command != "bundle":
+        raise ValueError(f"unknown command {command!r}; valid: bundle\n{USAGE}")
+    valid = ("ckpt", "out", *BUNDLE_DEFAULTS)
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if pair == "--online":
+            out["download"] = "true"
+            continue
+        key, sep, value = pair.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in valid:
+            raise ValueError(f"bad argument {pair!r}: expected key=value with key in: {', '.join(valid)}")
+        out[key] = value
+    for key in ("ckpt", "out"):
+        if not out.get(key):
+            raise ValueError(f"{key}= is required\n{USAGE}")
+    return command, out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _, args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    ckpt, out = args.pop("ckpt"), args.pop("out")
+    path = build_bundle(ckpt, out, **args)
+    manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"wrote Kaggle bundle {path} ({len(manifest['files'])} files, {size / 1e6:.1f} MB)")
+    for wheel in manifest["wheels"]:
+        print(f"  {wheel['file']}  ({wheel['source']})")
+    print(
+        f"upload {path} as a Kaggle Dataset, attach it to a notebook and run {KERNEL_NAME} / {NOTEBOOK_NAME}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

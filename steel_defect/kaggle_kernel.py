@@ -1,0 +1,128 @@
+"""steel-defect Kaggle kernel: offline install from the attached bundle dataset, then one network -> submission.
+
+Template: ``python -m steel_defect.kaggle bundle ...`` copies this file into the bundle as ``kernel.py`` (and
+as the single cell of ``kernel.ipynb``) with ``SETTINGS`` filled in. Standard library only until the bundled
+wheels are installed. Environment overrides: STEEL_DEFECT_BUNDLE (the dataset folder), STEEL_DEFECT_INPUT
+(test images), STEEL_DEFECT_OUTPUT (submission csv), STEEL_DEFECT_DEVICE (auto, cpu, cuda).
+"""
+
+import glob
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# >>> settings
+SETTINGS = {
+    "input": "/kaggle/input/severstal-steel-defect-detection/test_images",
+    "output": "/kaggle/working/submission.csv",
+    "checkpoints": [],
+    "thresholds": None,
+    "wheels_dir": "wheels",
+    "requirements": [],
+    "batch_size": 4,
+    "num_workers": 2,
+    "tta": [],
+    "device": "auto",
+    "amp": True,
+    "manifest": "steel_defect_bundle.json",
+}
+# <<< settings
+
+ENV_OVERRIDES = {
+    "input": "STEEL_DEFECT_INPUT",
+    "output": "STEEL_DEFECT_OUTPUT",
+    "device": "STEEL_DEFECT_DEVICE",
+}
+
+
+def find_bundle(manifest_name):
+    """The bundle folder: $STEEL_DEFECT_BUNDLE, this script's folder, or the /kaggle/input dataset holding it."""
+    env = os.environ.get("STEEL_DEFECT_BUNDLE")
+    if env:
+        if not (Path(env) / manifest_name).is_file():
+            raise FileNotFoundError(f"STEEL_DEFECT_BUNDLE={env} holds no {manifest_name}")
+        return Path(env)
+    here = globals().get("__file__")
+    if here and (Path(here).resolve().parent / manifest_name).is_file():
+        return Path(here).resolve().parent
+    hits = []
+    for depth in ("*", "*/*", "*/*/*"):
+        hits += sorted(glob.glob(f"/kaggle/input/{depth}/{manifest_name}"))
+    if not hits:
+        raise FileNotFoundError(
+            f"no {manifest_name} under /kaggle/input: attach the steel-defect bundle dataset to this notebook "
+            "(or set STEEL_DEFECT_BUNDLE)"
+        )
+    return Path(hits[0]).parent
+
+
+def verify_files(bundle, manifest):
+    """Every bundled file must match the manifest's size and sha256 (a truncated upload fails here)."""
+    for rel, info in manifest["files"].items():
+        path = bundle / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle file missing: {path}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                digest.update(chunk)
+        if path.stat().st_size != info["size"] or digest.hexdigest() != info["sha256"]:
+            raise ValueError(
+                f"bundle file {path} does not match {bundle / SETTINGS['manifest']} (corrupt upload?)"
+            )
+
+
+def install(bundle, settings):
+    """pip install the pinned bundled wheels with no index and no dependency resolution."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--find-links",
+        str(bundle / settings["wheels_dir"]),
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        *settings["requirements"],
+    ]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    importlib.invalidate_caches()
+    from importlib import metadata
+
+    for requirement in settings["requirements"]:
+        name, _, version = requirement.partition("==")
+        installed = metadata.version(name)
+        if installed != version:
+            raise RuntimeError(f"{name}: expected {version} from the bundle, but {installed} is importable")
+
+
+def main():
+    start = time.perf_counter()
+    settings = dict(SETTINGS)
+    for key, env in ENV_OVERRIDES.items():
+        if os.environ.get(env):
+            settings[key] = os.environ[env]
+    bundle = find_bundle(settings["manifest"])
+    manifest = json.loads((bundle / settings["manifest"]).read_text(encoding="utf-8"))
+    verify_files(bundle, manifest)
+    install(bundle, settings)
+    import steel_defect
+    from steel_defect.kaggle import run_kernel
+
+    print(f"steel_defect {steel_defect.__version__} from {Path(steel_defect.__file__).parent}", flush=True)
+
+    summary = run_kernel(settings, bundle)
+    print(f"kernel finished in {time.perf_counter() - start:.1f} s: {summary['out']}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""Kaggle offline bundle (steel_defect.kaggle), tested for real.
+
+The end-to-end test builds a bundle for a tiny checkpoint, creates a FRESH virtual environment, installs the
+bundle into it with ``pip install --no-index`` and runs ``kernel.py`` with the network disabled for the
+process (``unshare -rn``, else a socket guard); the submission must equal the one ``predict.py`` writes.
+
+Emulating Kaggle's image: torch (huge) is never bundled, so the fresh venv gets the packages Kaggle's image
+provides (torch, numpy, timm, lightning, albumentations, ...) from this project's .venv through a ``.pth``
+file that ``site.addsitedir``s a folder of symlinks to the .venv's site-packages, MINUS every distribution the
+bundle ships (steel-defect, segmentation-models-pytorch, hydra-core, omegaconf, antlr4). Those therefore
+exist nowhere but in the bundle: pip cannot consider them "already satisfied", and the test asserts that
+they are imported from the fresh venv while torch comes from the emulated image.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steel_defect import kaggle
+from steel_defect.kaggle import (
+    MANIFEST_NAME,
+    build_bundle,
+    check_bundle_name,
+    kernel_source,
+    notebook_json,
+    parse_args,
+    slim_checkpoint,
+    wheel_from_installed,
+)
+from tests.conftest import REPO, SMALL_SHAPE
+
+TINY_NET = {"encoder_name": "resnet18", "encoder_weights": None}
+H, W = SMALL_SHAPE
+#: Same prediction settings for kernel.py and predict.py.
+PREDICT = {"batch_size": 3, "num_workers": 0, "tta": ["hflip"], "device": "cpu"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def make_tiny_checkpoint(path: Path) -> Path:
+    """A real Lightning checkpoint of a tiny U-Net after one optimizer step (with optimizer states)."""
+    import lightning as L
+
+    from steel_defect.models.module import SteelDefectModule
+
+    L.seed_everything(0, verbose=False)
+    module = SteelDefectModule(net=dict(TINY_NET), scheduler={"name": "none"})
+    g = torch.Generator().manual_seed(0)
+    items = [
+        {
+            "image": torch.rand(3, H, W, generator=g),
+            "mask": (torch.rand(4, H, W, generator=g) > 0.9).float(),
+            "labels": torch.ones(4),
+        }
+        for _ in range(2)
+    ]
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(items, batch_size=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, margin: float = 1e-4) -> Path:
+    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities on the
+    images (none within ``margin``), so that runtimes agreeing to ~1e-6 give identical masks, and that
+    still gives non-empty masks (about the top 10% of pixels per class, most classes kept)."""
+    from steel_defect.data.dataset import PredictDataset
+    from steel_defect.inference import predict_batch
+    from steel_defect.postprocess import PostprocessParams, save_thresholds
+
+    ds = PredictDataset(images_dir)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    mask_probs, class_probs = predict_batch(net, x)
+
+    def gap_near(values: np.ndarray, q: float) -> float:
+        v = np.unique(values.astype(np.float64))
+        mids, gaps = (v[1:] + v[:-1]) / 2, v[1:] - v[:-1]
+        ok = np.flatnonzero(gaps > 2 * margin)
+        if not len(ok):
+            raise AssertionError("no probability gap wide enough for a robust threshold")
+        target = np.quantile(v, q)
+        return float(mids[ok[np.argmin(np.abs(mids[ok] - target))]])
+
+    params = PostprocessParams(
+        t_img=None,
+        t_cls=[gap_near(np.concatenate([class_probs[:, c].numpy(), [0.0, 1.0]]), 0.3) for c in range(4)],
+        t_pix=[gap_near(mask_probs[:, c].flatten().numpy(), 0.9) for c in range(4)],
+        min_area=[None] * 4,
+        max_area=[None] * 4,
+        min_component=[None] * 4,
+        reference_shape=None,
+    )
+    return save_thresholds(params, out)
+
+
+def network_isolation(tmp: Path) -> tuple[list[str], dict[str, str], str]:
+    """(command prefix, extra env, description): ``unshare -rn`` / ``unshare -n`` (a network namespace with
+    no interfaces) when the kernel allows it, else a sitecustomize socket guard on PYTHONPATH."""
+    if shutil.which("unshare"):
+        for prefix in (["unshare", "-rn"], ["unshare", "-n"]):
+            if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+                return prefix, {}, f"`{' '.join(prefix)}` (empty network namespace)"
+    guard = tmp / "socket_guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _blocked(*args, **kwargs):\n"
+        "    raise OSError('network disabled by the test socket guard')\n"
+        "socket.socket.connect = socket.socket.connect_ex = _blocked\n"
+        "socket.create_connection = socket.getaddrinfo = _blocked\n"
+    )
+    return [], {"PYTHONPATH": str(guard)}, "sitecustomize socket guard (unshare unavailable)"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(
+        NO_ALBUMENTATIONS_UPDATE="1",
+        HF_HUB_OFFLINE="1",
+        PIP_NO_CACHE_DIR="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_CONFIG_FILE=os.devnull,
+    )
+    env.update(extra)
+    return env
+
+
+def emulate_kaggle_image(venv_python: Path, image_dir: Path, bundled: list[str]) -> None:
+    """Make this environment's packages, except the ``bundled`` distributions, importable in the venv."""
+    excluded: set[str] = set()
+    for name in bundled:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        excluded |= {f.parts[0] for f in dist.files or [] if not f.as_posix().startswith("..")}
+    image_dir.mkdir()
+    site_dirs = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    for site in map(Path, site_dirs):
+        for entry in site.iterdir():
+            if entry.name in excluded or entry.name == "__pycache__" or (image_dir / entry.name).exists():
+                continue
+            if entry.name.startswith("__editable__") or entry.name.startswith(
+                ("steel_defect", "steel-defect")
+            ):
+                continue
+            (image_dir / entry.name).symlink_to(entry)
+    venv_site = subprocess.run(
+        [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(venv_site) / "_kaggle_image.pth").write_text(f"import site; site.addsitedir({str(image_dir)!r})\n")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
+    """A tiny checkpoint with a thresholds.yaml beside it, and the synthetic test images."""
+    from steel_defect.models.module import load_net_from_checkpoint
+
+    root = tmp_path_factory.mktemp("kaggle_run")
+    ckpt = make_tiny_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt")
+    images = small_synthetic / "test_images"
+    net, _ = load_net_from_checkpoint(ckpt)
+    thresholds = separated_thresholds(net, images, ckpt.parent / "thresholds.yaml")
+    return {"root": root, "ckpt": ckpt, "images": images, "thresholds": thresholds}
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run) -> Path:
+    root = tiny_run["root"]
+    return build_bundle(
+        str(tiny_run["ckpt"]),
+        root / "bundle",
+        input=str(tiny_run["images"]),
+        output=str(root / "kaggle" / "working" / "submission.csv"),
+        **PREDICT,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_parse_args_key_value_style():
+    cmd, args = parse_args(
+        ["bundle", "ckpt=[a.ckpt,b.ckpt]", "out=D", "wheels=x,y", "overwrite=true", "--online"]
+    )
+    assert cmd == "bundle" and args["ckpt"] == "[a.ckpt,b.ckpt]" and args["download"] == "true"
+    assert kaggle._as_list("ckpt", args["ckpt"]) == ["a.ckpt", "b.ckpt"]
+    assert kaggle._as_list("ckpt", "a.ckpt,b.ckpt") == ["a.ckpt", "b.ckpt"]
+    with pytest.raises(ValueError, match="bad argument 'colour=red'.*ckpt, out"):
+        parse_args(["bundle", "ckpt=a", "out=b", "colour=red"])
+    with pytest.raises(ValueError, match="out= is required"):
+        parse_args(["bundle", "ckpt=a"])
+    with pytest.raises(ValueError, match="unknown command 'bundel'"):
+        parse_args(["bundel", "ckpt=a", "out=b"])
+
+
+@pytest.mark.parametrize("name", ["torch", "TorchVision", "nvidia-cublas", "nvidia_cudnn_cu13", "triton"])
+def test_torch_and_cuda_are_never_bundled(name, tmp_path):
+    with pytest.raises(ValueError, match="must not be bundled"):
+        check_bundle_name(name)
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ValueError, match="must not be bundled"):
+        build_bundle(str(ckpt), tmp_path / "out", extra_wheels=[name])
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ wheels
+def _check_wheel(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    record_name = next(n for n in files if n.endswith(".dist-info/RECORD"))
+    rows = list(csv.reader(files[record_name].decode().splitlines()))
+    assert {r[0] for r in rows} == set(files)
+    for name, digest, size in rows:
+        if name == record_name:
+            continue
+        assert int(size) == len(files[name])
+        assert digest == kaggle._record_hash(files[name]), name
+    assert not [n for n in files if n.endswith((".pyc", "INSTALLER", "REQUESTED", "direct_url.json"))]
+    return files
+
+
+def test_wheel_rebuilt_from_installed_files(tmp_path):
+    path = wheel_from_installed("omegaconf", tmp_path)
+    version = metadata.version("omegaconf")
+    assert path.name == f"omegaconf-{version}-py3-none-any.whl"
+    files = _check_wheel(path)
+    dist = metadata.distribution("omegaconf")
+    init = Path(dist.locate_file("omegaconf/__init__.py"))
+    assert files["omegaconf/__init__.py"] == init.read_bytes()
+    assert "pydevd_plugins/__init__.py" in files  # omegaconf's second top-level package
+    assert f"omegaconf-{version}.dist-info/METADATA" in files
+
+
+def test_wheel_scripts_get_a_portable_shebang(tmp_path):
+    try:
+        metadata.version("antlr4-python3-runtime")
+    except metadata.PackageNotFoundError:
+        pytest.skip("antlr4-python3-runtime (a script-installing package) is not installed")
+    files = _check_wheel(wheel_from_installed("antlr4-python3-runtime", tmp_path))
+    scripts = [n for n in files if ".data/scripts/" in n]
+    assert scripts and all(files[n].startswith(b"#!python\n") for n in scripts)
+
+
+def _fake_dist(site: Path, content: bytes, recorded: bytes) -> None:
+    """A minimal installed distribution 'fakepkg' whose RECORD hash is that of ``recorded``."""
+    (site / "fakepkg").mkdir(parents=True)
+    (site / "fakepkg" / "__init__.py").write_bytes(content)
+    info = site / "fakepkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.0\n")
+    (info / "WHEEL").write_text(
+        "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py2-none-any\nTag: py3-none-any\n"
+    )
+    (info / "INSTALLER").write_text("pip\n")
+    rows = [
+        f"fakepkg/__init__.py,{kaggle._record_hash(recorded)},{len(recorded)}",
+        "fakepkg/__pycache__/__init__.cpython-311.pyc,,",
+        "fakepkg-1.0.dist-info/METADATA,,",
+        "fakepkg-1.0.dist-info/WHEEL,,",
+        "fakepkg-1.0.dist-info/INSTALLER,,",
+        "fakepkg-1.0.dist-info/RECORD,,",
+    ]
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_wheel_from_a_fake_dist_and_a_modified_install(tmp_path, monkeypatch):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _fake_dist(good, b"x = 1\n", b"x = 1\n")
+    _fake_dist(bad, b"x = 2\n", b"x = 1\n")
+    monkeypatch.syspath_prepend(str(good))
+    files = _check_wheel(wheel_from_installed("fakepkg", tmp_path / "w"))
+    assert (tmp_path / "w" / "fakepkg-1.0-py2.py3-none-any.whl").is_file()
+    assert files["fakepkg/__init__.py"] == b"x = 1\n"
+    monkeypatch.syspath_prepend(str(bad))
+    with pytest.raises(ValueError, match=r"fakepkg/__init__\.py differs from its RECORD hash"):
+        wheel_from_installed("fakepkg", tmp_path / "w2")
+    with pytest.raises(ValueError, match="'no-such-package-xyz' is not installed.*download=true"):
+        wheel_from_installed("no-such-package-xyz", tmp_path / "w3")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_slim_checkpoint_keeps_only_what_loads_the_net(tiny_run, tmp_path):
+    from steel_defect.models.module import load_net_from_checkpoint
+
+    src = tiny_run["ckpt"]
+    dst = slim_checkpoint(src, tmp_path / "slim.ckpt")
+    slim = torch.load(dst, weights_only=True)
+    assert "optimizer_states" in torch.load(src, weights_only=True)
+    assert set(slim) <= set(kaggle.SLIM_KEYS) and {"state_dict", "steel_defect", "hyper_parameters"} <= set(
+        slim
+    )
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    a, meta_a = load_net_from_checkpoint(src)
+    b, meta_b = load_net_from_checkpoint(dst)
+    assert meta_a == meta_b
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a steel-defect training checkpoint"):
+        slim_checkpoint(tmp_path / "other.ckpt", tmp_path / "x.ckpt")
+
+
+# ------------------------------------------------------------------------------------------------ kernel text
+def test_kernel_source_embeds_the_settings_and_the_notebook_holds_it():
+    settings = {
+        "input": "/in",
+        "output": "/out.csv",
+        "checkpoints": ["checkpoints/a.ckpt"],
+        "thresholds": None,
+    }
+    source = kernel_source(settings)
+    tree = ast.parse(source)
+    assigned = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SETTINGS"]
+    assert len(assigned) == 1 and ast.literal_eval(assigned[0].value) == settings
+    nb = notebook_json(source)
+    assert nb["nbformat"] == 4 and len(nb["cells"]) == 1 and "".join(nb["cells"][0]["source"]) == source
+    try:
+        import nbformat
+    except ImportError:
+        nbformat = None
+    if nbformat is not None:
+        nbformat.validate(nbformat.from_dict(nb))
+
+
+def test_run_kernel_names_a_missing_input_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="test image folder not found: .*nowhere"):
+        kaggle.run_kernel({"input": str(tmp_path / "nowhere")}, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ bundle
+def test_bundle_layout_and_manifest(bundle, tiny_run):
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    names = {w["name"] for w in manifest["wheels"]}
+    assert names == {"steel-defect", *kaggle.DEFAULT_WHEELS}
+    assert not any(n.startswith(("torch", "nvidia")) for n in names)
+    for rel, info in manifest["files"].items():
+        assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == info["sha256"], rel
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert on_disk == set(manifest["files"]) | {MANIFEST_NAME}
+    assert (bundle / "thresholds.yaml").read_bytes() == tiny_run["thresholds"].read_bytes()
+    assert manifest["settings"]["checkpoints"] == ["checkpoints/tiny.ckpt"]
+    nb = json.loads((bundle / "kernel.ipynb").read_text())
+    assert "".join(nb["cells"][0]["source"]) == (bundle / "kernel.py").read_text()
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".bundle")], (
+        "temp folders left behind"
+    )
+
+
+def test_bundle_refuses_to_overwrite_unless_asked(bundle, tiny_run, tmp_path):
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        build_bundle(str(tiny_run["ckpt"]), bundle)
+    wheel = shutil.copy2(next((bundle / "wheels").glob("steel_defect-*.whl")), tmp_path)
+    out = tmp_path / "b"
+    build_bundle(str(tiny_run["ckpt"]), out, wheels=[], project_wheel=wheel, thresholds="none")
+    first = json.loads((out / MANIFEST_NAME).read_text())
+    assert first["settings"]["thresholds"] is None and len(first["wheels"]) == 1
+    build_bundle(str(tiny_run["ckpt"]), out, wheels="omegaconf", project_wheel=wheel, overwrite=True)
+    second = json.loads((out / MANIFEST_NAME).read_text())
+    assert {w["name"] for w in second["wheels"]} == {"steel-defect", "omegaconf"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", Path(wheel).name]
+
+
+def test_failed_bundle_leaves_nothing_behind(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="no-such-package-xyz"):
+        build_bundle(str(tiny_run["ckpt"]), tmp_path / "out", wheels=["no-such-package-xyz"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_path):
+    """The real thing: fresh venv, --no-index install from the bundle, no network, same submission."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=clean_env()
+    )
+    python = venv / "bin" / "python"
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    emulate_kaggle_image(python, tmp_path / "kaggle_image", [w["name"] for w in manifest["wheels"]])
+    work = tmp_path / "cwd"  # not the repo: its steel_defect/ must not be importable
+    work.mkdir()
+    prefix, guard_env, how = network_isolation(tmp_path)
+    env = clean_env(**guard_env)
+
+    probe = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 9), timeout=2)\nexcept OSError:\n    print('offline')\n"
+    offline = subprocess.run(
+        [*prefix, str(python), "-c", probe], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert offline.stdout.strip() == "offline", f"network isolation via {how} failed: {offline.stderr}"
+
+    kernel = subprocess.run(
+        [*prefix, str(python), str(bundle / "kernel.py")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(f"kernel.py ran with the network disabled by {how}")
+    assert kernel.returncode == 0, (
+        f"kernel.py failed ({how}):\n{kernel.stdout[-4000:]}\n{kernel.stderr[-4000:]}"
+    )
+    assert "--no-index" in kernel.stdout
+
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import json, steel_defect, segmentation_models_pytorch, hydra, omegaconf, antlr4, torch\n"
+            "print(json.dumps({m.__name__: m.__file__ for m in "
+            "(steel_defect, segmentation_models_pytorch, hydra, omegaconf, antlr4, torch)}))",
+        ],
+        cwd=work,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert where.returncode == 0, where.stderr
+    files = json.loads(where.stdout)
+    for name in ("steel_defect", "segmentation_models_pytorch", "hydra", "omegaconf", "antlr4"):
+        assert Path(files[name]).is_relative_to(venv), (
+            f"{name} imported from {files[name]}, not the fresh venv"
+        )
+    assert Path(files["torch"]).is_relative_to(tmp_path / "kaggle_image"), files["torch"]
+
+    expected = tmp_path / "predict.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"ckpt={tiny_run['ckpt']}",
+            f"images={tiny_run['images']}",
+            f"out={expected}",
+            f"batch_size={PREDICT['batch_size']}",
+            f"num_workers={PREDICT['num_workers']}",
+            f"device={PREDICT['device']}",
+            "tta=[" + ",".join(PREDICT["tta"]) + "]",
+        ],
+        cwd=tmp_path,
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    submission = Path(manifest["settings"]["output"])
+    rows = list(csv.reader(submission.read_text().splitlines()))
+    assert rows[0] == ["ImageId", "EncodedPixels", "ClassId"]
+    assert len(rows) - 1 == 4 * len(list(tiny_run["images"].glob("*.jpg")))
+    assert sum(bool(r[1]) for r in rows[1:]) >= 4, "the comparison needs non-empty masks"
+    assert submission.read_bytes() == expected.read_bytes()
