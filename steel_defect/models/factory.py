@@ -37,6 +37,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from steel_defect import NUM_CLASSES
@@ -388,8 +389,14 @@ class SteelNet(nn.Module):
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self._check_input(x)
         x = (x - self.mean) / self.std
+        # Any size works (e.g. the classic 256x400 training crops): reflect-pad to the encoder's stride and
+        # crop the masks back. Inference pads beforehand, so this is a no-op (and absent from ONNX graphs).
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.output_stride, (-w) % self.output_stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
         mask_logits, class_logits = self.model(x)
-        return mask_logits, class_logits
+        return mask_logits[..., :h, :w], class_logits
 
     def _check_input(self, x: torch.Tensor) -> None:
         channels = self.mean.shape[1]
@@ -397,13 +404,6 @@ class SteelNet(nn.Module):
             raise ValueError(f"SteelNet expects a (B, {channels}, H, W) tensor, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"SteelNet expects a float tensor in [0, 1], got dtype {x.dtype}")
-        stride = self.output_stride
-        h, w = x.shape[-2:]
-        if h % stride or w % stride:
-            raise ValueError(
-                f"input height and width must be multiples of {stride} (the encoder's output stride), got "
-                f"shape {tuple(x.shape)}; pad to ({math.ceil(h / stride) * stride}, {math.ceil(w / stride) * stride})"
-            )
 
 
 def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
