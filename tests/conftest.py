@@ -37,3 +37,14 @@ def small_synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "set"
     generate_dataset(root, n_train=40, n_test=8, seed=3, shape=SMALL_SHAPE)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny CPU tests run faster on one thread, especially on a machine shared with other jobs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

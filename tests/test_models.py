@@ -15,13 +15,8 @@ from steel_defect.models.losses import focal_loss_with_logits, soft_dice_per_pai
 TINY = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU tests run faster on one thread, especially on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny CPU tests run faster on one thread (see conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
