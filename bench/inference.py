@@ -183,10 +183,6 @@ def variants(
     def onnx_builder() -> tuple[nn.Module, float, str]:
         from steel_defect.export import OnnxNet, export_onnx
 
-        tmp = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
-        start = time.perf_counter()
-        path = export_onnx(fresh().cpu(), tmp / "net.onnx", height=shape[0], width=shape[1], verify=False)
-        seconds = time.perf_counter() - start
         providers = None
         if device.type == "cuda":
             import onnxruntime
@@ -194,7 +190,16 @@ def variants(
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        net = OnnxNet(path, providers=providers, intra_op_threads=torch.get_num_threads(), device=str(device))
+        # the session holds the model once created, so the file can go with its folder
+        with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+            start = time.perf_counter()
+            path = export_onnx(
+                fresh().cpu(), Path(tmp) / "net.onnx", height=shape[0], width=shape[1], verify=False
+            )
+            seconds = time.perf_counter() - start
+            net = OnnxNet(
+                path, providers=providers, intra_op_threads=torch.get_num_threads(), device=str(device)
+            )
         return net, seconds, f"export {seconds:.0f} s"
 
     def compile_builder(base: Callable[[], nn.Module]) -> Callable[[], tuple[nn.Module, float, str]]:
