@@ -16,8 +16,7 @@ import lightning as L  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from steel_defect.instantiate import (  # noqa: E402
-    instantiate_callbacks,
-    instantiate_loggers,
+    instantiate_group,
     instantiate_plain,
     metric_value,
     validate_config,
@@ -34,8 +33,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_plain(cfg.data)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=instantiate_callbacks(cfg.get("callbacks")),
-        logger=instantiate_loggers(cfg.get("logger")),
+        callbacks=instantiate_group(cfg.get("callbacks"), "callbacks"),
+        logger=instantiate_group(cfg.get("logger"), "logger"),
     )
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)

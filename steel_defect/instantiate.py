@@ -34,22 +34,13 @@ def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]
     return out
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every callback under ``callbacks``."""
-    callbacks = []
-    for name, entry in _entries(cfg, "callbacks"):
-        log.info("Instantiating callback %s <%s>", name, entry._target_)
-        callbacks.append(hydra.utils.instantiate(entry))
-    return callbacks
-
-
-def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every logger under ``logger``."""
-    loggers = []
-    for name, entry in _entries(cfg, "logger"):
-        log.info("Instantiating logger %s <%s>", name, entry._target_)
-        loggers.append(hydra.utils.instantiate(entry))
-    return loggers
+def instantiate_group(cfg: DictConfig | None, group: str) -> list[Any]:
+    """Instantiate every entry of a config group of named objects (``callbacks``, ``logger``)."""
+    objects = []
+    for name, entry in _entries(cfg, group):
+        log.info("Instantiating %s.%s <%s>", group, name, entry._target_)
+        objects.append(hydra.utils.instantiate(entry))
+    return objects
 
 
 def instantiate_plain(cfg: DictConfig) -> Any:
