@@ -163,3 +163,29 @@ def test_configuration_errors(root, tmp_path):
     other.setup("fit")
     with pytest.raises(ValueError, match="data.shape"):
         other.val_dataset[0]
+
+
+def test_prepare_data_keeps_a_current_set_and_regenerates_a_stale_one(tmp_path):
+    """A set made by another generator version (or other arguments) is regenerated, a current one kept."""
+    import json
+
+    from steel_defect.synthetic.dataset import GENERATOR_VERSION, STAMP_NAME
+
+    path = tmp_path / "synthetic"
+    synth = {"n_train": 6, "n_test": 1, "seed": 3}
+    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    stamp = json.loads((path / STAMP_NAME).read_text())
+    assert stamp == {**synth, "generator_version": GENERATOR_VERSION, "shape": SHAPE, "class_mix": "real"}
+    first = sorted(p.stat().st_mtime_ns for p in (path / "train_images").iterdir())
+    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    assert sorted(p.stat().st_mtime_ns for p in (path / "train_images").iterdir()) == first  # kept
+    (path / STAMP_NAME).write_text(json.dumps({**stamp, "generator_version": 1}))  # as if v1 had made it
+    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    assert json.loads((path / STAMP_NAME).read_text())["generator_version"] == GENERATOR_VERSION
+    assert len(list((path / "train_images").iterdir())) == 6
+    bigger = {**synth, "n_train": 8}
+    SteelDataModule(root=str(path), synthetic=bigger, shape=SHAPE, num_workers=0).prepare_data()
+    assert len(list((path / "train_images").iterdir())) == 8
+    balanced = {**bigger, "class_mix": "balanced"}
+    SteelDataModule(root=str(path), synthetic=balanced, shape=SHAPE, num_workers=0).prepare_data()
+    assert json.loads((path / STAMP_NAME).read_text())["class_mix"] == "balanced"

@@ -182,12 +182,30 @@ class SteelDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic data set when ``synthetic`` is set and ``root/train_csv`` is absent."""
-        if self.synthetic is not None and not self.csv_path.exists():
-            from steel_defect.synthetic import generate_dataset
+        if self.synthetic is None:
+            return
+        from steel_defect.synthetic import generate_dataset
+        from steel_defect.synthetic.dataset import GENERATOR_VERSION, read_stamp
 
-            kwargs = {"shape": list(self.shape), **self.synthetic}
-            log.info("generating a synthetic data set in %s (%s)", self.root, kwargs)
-            generate_dataset(self.root, **kwargs)
+        kwargs = {"shape": list(self.shape), **self.synthetic}
+        if self.csv_path.exists():
+            stamp = read_stamp(self.root)
+            keys = ("n_train", "n_test", "seed", "shape", "class_mix")
+            wanted = {"generator_version": GENERATOR_VERSION, "class_mix": "real"}
+            wanted.update({k: kwargs[k] for k in keys if k in kwargs})
+            if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()):
+                return
+            log.warning(
+                "synthetic data set in %s was made by another generator version or with other arguments "
+                "(%s, wanted %s): regenerating it",
+                self.root,
+                stamp,
+                wanted,
+            )
+            generate_dataset(self.root, overwrite=True, **kwargs)
+            return
+        log.info("generating a synthetic data set in %s (%s)", self.root, kwargs)
+        generate_dataset(self.root, **kwargs)
 
     def _load(self) -> pd.DataFrame:
         """Annotations and split, computed once (split read from / saved to ``split_file`` if set)."""

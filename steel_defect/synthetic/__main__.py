@@ -1,0 +1,3 @@
+from steel_defect.synthetic.dataset import main
+
+main()
