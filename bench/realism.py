@@ -31,16 +31,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from steel_defect.data.annotations import read_train_csv  # noqa: E402
 from steel_defect.data.realism import (  # noqa: E402
     class_set_stats,
     classifier_accuracy,
+    masks_from_csv,
     object_stats,
     spectral_features,
     texture_features,
     texture_summary,
 )
-from steel_defect.rle import rle_decode  # noqa: E402
 
 CLASSES = (1, 2, 3, 4)
 SHAPE = (256, 1600)
@@ -49,23 +48,14 @@ DEFAULT_REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severs
 PAIRS = ((1, 2), (1, 3), (3, 4), (2, 3))
 
 
-def _wide_masks(csv: Path):
-    wide = read_train_csv(csv)
-    for row in wide.itertuples(index=False):
-        per = {}
-        for c in CLASSES:
-            rle = getattr(row, f"EncodedPixels_{c}")
-            if isinstance(rle, str) and rle.strip():
-                per[c] = rle_decode(rle, SHAPE)
-        yield row.ImageId, per
-
-
 def real_stats(real: Path) -> dict:
     import pandas as pd
 
     idx = pd.read_csv(real / "corpus" / "train_index.csv", dtype={"class_ids": str}, keep_default_na=False)
     sets = [{int(c) for c in s.split("|")} if s else set() for s in idx["class_ids"]]
-    objects = object_stats((m for _, m in _wide_masks(real / "corpus" / "train_masks.csv")), CLASSES)
+    objects = object_stats(
+        (m for _, m in masks_from_csv(real / "corpus" / "train_masks.csv", CLASSES, SHAPE)), CLASSES
+    )
     paths = sorted({*real.glob("train_images/*.jpg"), *real.glob("test_images/*.jpg")})
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
     feats = [texture_features(g) for g in images]
@@ -102,7 +92,7 @@ def synthetic_stats_rendered(n: int, seed: int) -> dict:
 
 
 def synthetic_stats_folder(root: Path) -> dict:
-    labelled = dict(_wide_masks(root / "train.csv"))
+    labelled = dict(masks_from_csv(root / "train.csv", CLASSES, SHAPE))
     names = sorted(p.name for p in (root / "train_images").glob("*.jpg"))
     if not names:
         raise FileNotFoundError(f"no images in {root / 'train_images'}")

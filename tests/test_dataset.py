@@ -101,6 +101,26 @@ def test_build_transforms_stages():
         build_transforms("train", crop_width=500, crop_height=65, shape=SHAPE)
 
 
+def test_domain_randomisation_keeps_grey_masks_and_is_off_by_default():
+    """gamma/blur/noise/jpeg change the image (still grey in all channels), never the mask."""
+    rng = np.random.default_rng(1)
+    grey = rng.integers(40, 200, SHAPE, dtype=np.uint8)
+    image = np.repeat(grey[..., None], 3, axis=2)
+    mask = np.zeros((*SHAPE, 4), np.uint8)
+    mask[5:30, 40:90, 1] = 1
+    plain = dict(hflip_p=0.0, vflip_p=0.0, brightness_contrast_p=0.0)
+    names = [type(t).__name__ for t in build_transforms("train", shape=SHAPE, **plain).transforms]
+    assert not {"RandomGamma", "GaussianBlur", "GaussNoise", "ImageCompression"} & set(names)
+    for key in ("gamma_p", "blur_p", "noise_p", "jpeg_p"):
+        out = build_transforms("train", shape=SHAPE, seed=3, **plain, **{key: 1.0})(image=image, mask=mask)
+        img = out["image"]
+        assert not torch.allclose(img, torch.from_numpy(image.transpose(2, 0, 1)).float() / 255), key
+        assert torch.equal(img[0], img[1]) and torch.equal(img[0], img[2]), key
+        assert torch.equal(out["mask"], torch.from_numpy(mask.transpose(2, 0, 1))), key
+    with pytest.raises(ValueError, match="noise_p"):
+        build_transforms("train", shape=SHAPE, noise_p=1.5)
+
+
 # ----------------------------------------------------------------------------------------- SteelDataset
 def test_steel_dataset_items_match_annotations(synth, annotations):
     ds = SteelDataset(annotations, synth / "train_images", shape=SHAPE)

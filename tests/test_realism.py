@@ -13,6 +13,7 @@ from steel_defect.data.realism import (
     class_set_stats,
     classifier_accuracy,
     mask_objects,
+    masks_from_csv,
     object_stats,
     spectral_features,
     texture_features,
@@ -169,3 +170,26 @@ def test_spectral_features_see_streak_direction_and_classifier_takes_arrays():
     assert acc > 0.9
     with pytest.raises(ValueError, match="model must be"):
         classifier_accuracy(a, b, model="svm")
+
+
+def test_masks_from_csv_decodes_both_formats(tmp_path):
+    from steel_defect.rle import rle_encode
+
+    m = np.zeros((8, 12), np.uint8)
+    m[2:5, 3:6] = 1
+    rle = rle_encode(m)
+    current = tmp_path / "current.csv"
+    current.write_text(f"ImageId,ClassId,EncodedPixels\na.jpg,3,{rle}\nb.jpg,1,{rle}\nb.jpg,2,{rle}\n")
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text(
+        "ImageId_ClassId,EncodedPixels\n"
+        + "".join(f"a.jpg_{c},{rle if c == 3 else ''}\n" for c in (1, 2, 3, 4))
+    )
+    got = dict(masks_from_csv(current, (1, 2, 3, 4), (8, 12)))
+    assert sorted(got) == ["a.jpg", "b.jpg"] and sorted(got["b.jpg"]) == [1, 2]
+    assert (got["a.jpg"][3] == m).all()
+    assert list(dict(masks_from_csv(legacy, (1, 2, 3, 4), (8, 12)))["a.jpg"]) == [3]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageId,ClassId,EncodedPixels\na.jpg,3,5 x\n")
+    with pytest.raises(ValueError, match="bad.csv"):
+        list(masks_from_csv(bad, (1, 2, 3, 4), (8, 12)))

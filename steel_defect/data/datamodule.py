@@ -34,7 +34,17 @@ __all__ = ["SteelDataModule", "oversample_weights", "class_frequencies"]
 
 log = logging.getLogger(__name__)
 
-AUGMENT_KEYS = ("hflip_p", "vflip_p", "brightness_contrast_p", "brightness_limit", "contrast_limit")
+AUGMENT_KEYS = (
+    "hflip_p",
+    "vflip_p",
+    "brightness_contrast_p",
+    "brightness_limit",
+    "contrast_limit",
+    "gamma_p",
+    "blur_p",
+    "noise_p",
+    "jpeg_p",
+)
 OVERSAMPLE_KEYS = ("power",)
 
 

@@ -16,12 +16,15 @@ synthetic generator's parameters (``python -m steel_defect.synthetic_params``):
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from steel_defect import DEFAULT_SHAPE
 
 __all__ = [
     "BAND_LEVEL",
@@ -31,6 +34,7 @@ __all__ = [
     "class_set_stats",
     "classifier_accuracy",
     "mask_objects",
+    "masks_from_csv",
     "object_stats",
     "spectral_features",
     "texture_features",
@@ -92,6 +96,23 @@ class ObjectTable:
             "bbox_h": float(np.median(o[:, 1])),
             "bbox_w": float(np.median(o[:, 2])),
         }
+
+
+def masks_from_csv(
+    path: str | os.PathLike, classes: Sequence[int], shape: Sequence[int] = DEFAULT_SHAPE
+) -> Iterator[tuple[str, dict[int, np.ndarray]]]:
+    """``(image_id, {class: (H, W) uint8 mask})`` for every image of a ground-truth csv (either Kaggle
+    format), non-empty classes only; decoded one image at a time."""
+    from steel_defect.data.annotations import read_train_csv
+    from steel_defect.rle import rle_decode
+
+    for row in read_train_csv(path, tuple(shape)).itertuples(index=False):
+        per = {}
+        for c in classes:
+            rle = getattr(row, f"EncodedPixels_{c}")
+            if isinstance(rle, str) and rle.strip():
+                per[c] = rle_decode(rle, tuple(shape))
+        yield row.ImageId, per
 
 
 def object_stats(masks: Iterable[Mapping[int, np.ndarray]], classes: Sequence[int]) -> dict[int, ObjectTable]:

@@ -39,6 +39,10 @@ def build_transforms(
     brightness_contrast_p: float = 0.3,
     brightness_limit: float = 0.2,
     contrast_limit: float = 0.2,
+    gamma_p: float = 0.0,
+    blur_p: float = 0.0,
+    noise_p: float = 0.0,
+    jpeg_p: float = 0.0,
     shape: tuple[int, int] | None = None,
     seed: int | None = None,
 ) -> A.Compose:
@@ -46,7 +50,10 @@ def build_transforms(
 
     ``train``: a ``RandomCrop`` of ``(crop_height or image height, crop_width)`` when that is smaller than
     ``shape`` (the image size, default ``DEFAULT_SHAPE``; no crop when ``crop_width`` is None), horizontal
-    and vertical flips, ``RandomBrightnessContrast``. Other stages: the full image, no augmentation.
+    and vertical flips, ``RandomBrightnessContrast`` and, for sim-to-real domain randomisation (off by
+    default), ``RandomGamma`` (``gamma_p``), ``GaussianBlur`` (``blur_p``), grey ``GaussNoise``
+    (``noise_p``) and ``ImageCompression`` at JPEG quality 50-95 (``jpeg_p``). Other stages: the full image,
+    no augmentation.
     All stages end with ``ToFloat(max_value=255)`` and ``ToTensorV2(transpose_mask=True)``.
     ``seed`` seeds the ``Compose``'s own random state (albumentations ignores the global seeds);
     :class:`~steel_defect.data.dataset.SteelDataset` re-seeds it per process from its own ``seed``.
@@ -73,5 +80,12 @@ def build_transforms(
                 p=_probability("brightness_contrast_p", brightness_contrast_p),
             ),
         ]
+        extra = (
+            ("gamma_p", gamma_p, lambda p: A.RandomGamma(gamma_limit=(70, 150), p=p)),
+            ("blur_p", blur_p, lambda p: A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2), p=p)),
+            ("noise_p", noise_p, lambda p: A.GaussNoise(std_range=(0.01, 0.04), per_channel=False, p=p)),
+            ("jpeg_p", jpeg_p, lambda p: A.ImageCompression(quality_range=(50, 95), p=p)),
+        )
+        steps += [make(_probability(name, p)) for name, p, make in extra if p > 0]
     steps += [A.ToFloat(max_value=255.0), ToTensorV2(transpose_mask=True)]
     return A.Compose(steps, seed=seed)

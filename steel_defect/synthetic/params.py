@@ -87,22 +87,9 @@ def _class_sets(index_csv: Path) -> dict[str, float]:
 
 
 def _objects(masks_csv: Path, classes: Sequence[int]) -> dict[str, Any]:
-    from steel_defect.data.annotations import read_train_csv
-    from steel_defect.data.realism import object_stats
-    from steel_defect.rle import rle_decode
+    from steel_defect.data.realism import masks_from_csv, object_stats
 
-    wide = read_train_csv(masks_csv)
-
-    def masks():
-        for row in wide.itertuples(index=False):
-            per = {}
-            for c in classes:
-                rle = getattr(row, f"EncodedPixels_{c}")
-                if isinstance(rle, str) and rle.strip():
-                    per[c] = rle_decode(rle, REFERENCE_SHAPE)
-            yield per
-
-    tables = object_stats(masks(), classes)
+    tables = object_stats((m for _, m in masks_from_csv(masks_csv, classes, REFERENCE_SHAPE)), classes)
     out: dict[str, Any] = {}
     for c, t in tables.items():
         o = t.objects.astype(np.float64)

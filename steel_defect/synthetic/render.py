@@ -411,6 +411,7 @@ def render_sample(
     alpha, box = _band(rng, g, p["band"])
     masks = np.zeros((num_classes, g.h, g.w), dtype=np.uint8)
     occupied = np.zeros((g.h, g.w), dtype=bool)
+
     def typical_box(c: int) -> float:
         o = p["objects"][str(c)]
         return o["height_q"][10] * o["width_q"][10]
