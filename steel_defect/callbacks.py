@@ -1,10 +1,13 @@
-"""Lightning callbacks: per-epoch reseeding (exact resume), stop-after-N-epochs, threshold tuning at fit end."""
+"""Lightning callbacks: per-epoch reseeding (exact resume), stop-after-N-epochs, threshold tuning at fit end
+(and the tuned thresholds handed to the test stage, with a val-vs-test summary table)."""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -54,7 +57,13 @@ class StopAfterEpochs(L.Callback):
 
 class TuneThresholds(L.Callback):
     """At the end of fit, tune the post-processing on the validation split with the best checkpoint and
-    write ``thresholds.yaml`` beside it (rank 0 only, over the whole validation split)."""
+    write ``thresholds.yaml`` beside it (rank 0 only, over the whole validation split).
+
+    At test start the thresholds.yaml written here is read back (rank 0) and broadcast to every process
+    as plain values, and handed to the module as ``tuned_postprocess`` (so ``test/dice_tuned`` is the
+    held-out Dice of exactly what predict.py would use); None when tuning did not run. At test end, rank 0
+    logs :func:`format_holdout_table`: val figures are in-sample (tuned there), test figures held-out.
+    """
 
     def __init__(
         self, enabled: bool = True, tta: list[str] | None = None, filename: str = "thresholds.yaml"
@@ -64,6 +73,7 @@ class TuneThresholds(L.Callback):
         self.filename = filename
         self.report: dict | None = None
         self.path: Path | None = None
+        self.table: str | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and not trainer.fast_dev_run and not trainer.interrupted:
@@ -93,3 +103,62 @@ class TuneThresholds(L.Callback):
         save_thresholds(params, self.path, report=report, meta={"checkpoint": best.name, "tta": self.tta})
         self.report = report
         log.info("tuned thresholds written to %s\n%s", self.path, format_tuning_report(report))
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from steel_defect.postprocess import PostprocessParams, load_thresholds
+
+        payload = None
+        if trainer.is_global_zero and self.path is not None:
+            payload = load_thresholds(self.path).to_dict()  # exactly what predict.py will read
+        payload = trainer.strategy.broadcast(payload, src=0)  # every process (DDP) gets the same
+        pl_module.tuned_postprocess = None if payload is None else PostprocessParams.from_dict(payload)
+        if payload is None:
+            log.info("test/dice_tuned not computed: no thresholds were tuned in this run")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/dice")}
+            self.table = format_holdout_table(self.report, test, self.path)
+            log.info("Kaggle Dice, in-sample (val) vs held-out (test):\n%s", self.table)
+
+
+def format_holdout_table(
+    val_report: Mapping[str, Any] | None, test: Mapping[str, float], thresholds: Path | None = None
+) -> str:
+    """Kaggle Dice (mean and per class) raw / defaults / tuned on val (from the tuning report) and on test
+    (``test/dice_{raw,default,tuned}[_c]``), saying which figures are in-sample and which are held-out.
+
+    A figure that was not computed (tuning disabled, no test split) is ``-``.
+    """
+    from steel_defect import NUM_CLASSES
+
+    classes = len(val_report["classes"]) if val_report else NUM_CLASSES
+    kinds = (("raw", "dice_raw"), ("default", "dice_default"), ("tuned", "dice_tuned"))
+
+    def fmt(v: Any) -> str:
+        return f"{'-':>6}" if v is None else f"{float(v):6.4f}"
+
+    head = f"{'split':<5} {'post-processing':<15} {'mean':>6}  " + " ".join(
+        f"{c:>6}" for c in range(1, classes + 1)
+    )
+    lines = [head, "-" * len(head)]
+    for kind, key in kinds:
+        mean = val_report["mean"].get(key) if val_report else None
+        per = [row.get(key) for row in val_report["classes"]] if val_report else [None] * classes
+        mark = "  <- in-sample: tuned on val" if kind == "tuned" and mean is not None else ""
+        lines.append(f"{'val':<5} {kind:<15} {fmt(mean)}  " + " ".join(map(fmt, per)) + mark)
+    for kind, key in kinds:
+        mean = test.get(f"test/{key}")
+        per = [test.get(f"test/{key}_{c}") for c in range(1, classes + 1)]
+        mark = "  <- held-out" if kind == "tuned" and mean is not None else ""
+        lines.append(f"{'test':<5} {kind:<15} {fmt(mean)}  " + " ".join(map(fmt, per)) + mark)
+    lines.append("-" * len(head))
+    lines.append(
+        "raw: threshold 0.5, no gates; default: the model's post-processing (notebook defaults); tuned: "
+        + (str(thresholds) if thresholds is not None else "thresholds.yaml (not tuned in this run)")
+    )
+    lines.append(
+        "val is in-sample (the thresholds were tuned and the checkpoint chosen on it); test is held-out "
+        "(never used for training, checkpoint choice or tuning): quote the test figures"
+    )
+    return "\n".join(lines)

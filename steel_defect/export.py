@@ -1,8 +1,9 @@
 """ONNX export of a :class:`~steel_defect.models.factory.SteelNet` and an onnxruntime drop-in for it.
 
 The graph takes ``image`` float32 (B, 3, H, W) in [0, 1] (the normalisation buffers are inside the net, so
-they are in the graph) and returns ``mask_logits`` (B, C, H, W) and ``class_logits`` (B, C). The batch axis is
-always dynamic; the width axis is dynamic with ``dynamic_width=True`` (the height is fixed).
+they are in the graph) and returns ``mask_logits`` (B, C, H, W) and ``class_logits`` (B, C), plus
+``image_logits`` (B,) for a net with an image head (``model.net.image_head``; metadata ``image_head``). The
+batch axis is always dynamic; the width axis is dynamic with ``dynamic_width=True`` (the height is fixed).
 
 Exporter choice: torch 2.15 defaults to the ``torch.export``-based exporter (``dynamo=True``), which needs
 the ``onnxscript`` package, not part of the ``onnx`` extra. The TorchScript exporter (``dynamo=False``) needs
@@ -33,6 +34,7 @@ from steel_defect.io import atomic_save
 
 __all__ = [
     "FORMAT_VERSION",
+    "IMAGE_OUTPUT_NAME",
     "INPUT_NAME",
     "METADATA_KEY",
     "OUTPUT_NAMES",
@@ -48,6 +50,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "steel_defect"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("mask_logits", "class_logits")
+#: The third output of a net with an image head: the "image has any defect" logits (B,).
+IMAGE_OUTPUT_NAME = "image_logits"
 #: Largest torch-vs-ONNX probability difference accepted by the check after export.
 PROB_TOLERANCE = 1e-4
 _EXTRA_HINT = 'pip install "steel-defect[onnx]"'
@@ -112,6 +116,8 @@ def export_onnx(
     stride = _output_stride(net)
     height, width = _check_size("height", height, stride), _check_size("width", width, stride)
     config = getattr(net, "config", None)
+    image_head = bool(getattr(net, "image_head", False))
+    outputs = [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME] if image_head else list(OUTPUT_NAMES)
     classes = int(config["classes"]) if isinstance(config, Mapping) and "classes" in config else None
     channels = int(config["in_channels"]) if isinstance(config, Mapping) and "in_channels" in config else 3
     metadata = _jsonable(
@@ -126,7 +132,8 @@ def export_onnx(
             "dynamic_width": bool(dynamic_width),
             "output_stride": stride,
             "input": INPUT_NAME,
-            "outputs": list(OUTPUT_NAMES),
+            "outputs": outputs,
+            "image_head": image_head,
             "opset": opset,
             "torch": torch.__version__,
             "steel_defect": __version__,
@@ -135,6 +142,8 @@ def export_onnx(
     )
     axes_in = {0: "batch", 3: "width"} if dynamic_width else {0: "batch"}
     dynamic_axes = {INPUT_NAME: axes_in, OUTPUT_NAMES[0]: dict(axes_in), OUTPUT_NAMES[1]: {0: "batch"}}
+    if image_head:
+        dynamic_axes[IMAGE_OUTPUT_NAME] = {0: "batch"}
     # Trace with batch 2 so that no batch-1 special case is baked into the graph.
     dummy = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
     device = next(iter(net.parameters()), torch.empty(0)).device
@@ -155,7 +164,7 @@ def export_onnx(
                         tmp,
                         dynamo=False,
                         input_names=[INPUT_NAME],
-                        output_names=list(OUTPUT_NAMES),
+                        output_names=outputs,
                         opset_version=opset,
                         dynamic_axes=dynamic_axes,
                         do_constant_folding=True,
@@ -217,7 +226,8 @@ def _parse_metadata(path: Path, props: Mapping[str, str]) -> dict[str, Any]:
 
 class OnnxNet(nn.Module):
     """An exported model run by onnxruntime, called like a SteelNet: float (B, 3, H, W) in [0, 1] ->
-    ``(mask_logits, class_logits)`` torch float32 tensors on the input's device.
+    ``(mask_logits, class_logits[, image_logits])`` torch float32 tensors on the input's device (the third
+    for a model exported with an image head: ``image_head`` is True).
 
     ``providers`` defaults to ``["CPUExecutionProvider"]`` (plus CUDA first when onnxruntime has it and
     ``device="cuda"``); ``intra_op_threads`` sets onnxruntime's thread pool (None: its default).
@@ -257,11 +267,14 @@ class OnnxNet(nn.Module):
         self.meta = _parse_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
         names_in = [i.name for i in self.session.get_inputs()]
         names_out = [o.name for o in self.session.get_outputs()]
-        if names_in != [INPUT_NAME] or names_out != list(OUTPUT_NAMES):
+        valid_out = (list(OUTPUT_NAMES), [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME])
+        if names_in != [INPUT_NAME] or names_out not in valid_out:
             raise ValueError(
-                f"{self.path}: expected input {[INPUT_NAME]} and outputs {list(OUTPUT_NAMES)}, "
+                f"{self.path}: expected input {[INPUT_NAME]} and outputs {valid_out[0]} or {valid_out[1]}, "
                 f"got {names_in} and {names_out}"
             )
+        self.output_names = names_out
+        self.image_head = len(names_out) == 3
         self.height = int(self.meta["height"])
         self.width = None if self.meta["dynamic_width"] else int(self.meta["width"])
         self.in_channels = int(self.meta.get("in_channels", 3))
@@ -293,24 +306,35 @@ class OnnxNet(nn.Module):
         if w % self.output_stride:
             raise ValueError(f"input width {w} is not a multiple of the output stride {self.output_stride}")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check_input(x)
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        mask_logits, class_logits = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
-        return torch.from_numpy(mask_logits).to(x.device), torch.from_numpy(class_logits).to(x.device)
+        outputs = self.session.run(self.output_names, {INPUT_NAME: array})
+        return tuple(torch.from_numpy(o).to(x.device) for o in outputs)
 
 
 @torch.no_grad()
 def compare_with_torch(net: nn.Module, onnx_net: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Largest absolute differences of the sigmoid probabilities between ``net`` and ``onnx_net``."""
+    """Largest absolute differences of the sigmoid probabilities between ``net`` and ``onnx_net``
+    (keys ``mask``, ``class`` and, for nets with an image head, ``image``)."""
+    from steel_defect.inference import split_outputs
+
     was_training = net.training
     net.eval()
     try:
-        t_mask, t_cls = net(images)
+        t_mask, t_cls, t_img = split_outputs(net(images))
     finally:
         net.train(was_training)
-    o_mask, o_cls = onnx_net(images)
-    return {
+    o_mask, o_cls, o_img = split_outputs(onnx_net(images))
+    if (t_img is None) != (o_img is None):
+        raise ValueError(
+            f"image head mismatch: the torch net {'has' if t_img is not None else 'has no'} image output, "
+            f"the ONNX model {'has' if o_img is not None else 'has none'}"
+        )
+    gap = {
         "mask": float((t_mask.float().sigmoid() - o_mask.float().sigmoid()).abs().max()),
         "class": float((t_cls.float().sigmoid() - o_cls.float().sigmoid()).abs().max()),
     }
+    if t_img is not None:
+        gap["image"] = float((t_img.float().sigmoid() - o_img.float().sigmoid()).abs().max())
+    return gap

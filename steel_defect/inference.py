@@ -63,6 +63,18 @@ def pad_to_multiple(x: Tensor, multiple: int = 32) -> tuple[Tensor, tuple[int, i
     return x, (h, w)
 
 
+def split_outputs(out: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A net's output -> ``(mask_logits, class_logits, image_logits or None)``.
+
+    Nets return ``(mask_logits, class_logits)``, or with an image head (``model.net.image_head``) a third
+    output, the "image has any defect" logits (B,).
+    """
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
+        got = f"a {len(out)}-tuple" if isinstance(out, tuple | list) else type(out).__name__
+        raise ValueError(f"a net must return (mask_logits, class_logits[, image_logits]), got {got}")
+    return out[0], out[1], (out[2] if len(out) == 3 else None)
+
+
 def net_stride(nets: torch.nn.Module | Sequence[torch.nn.Module]) -> int:
     """The padding multiple for ``nets``: the lcm of their ``output_stride`` (32 when they have none)."""
     nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
@@ -79,8 +91,10 @@ def predict_batch(
     tta: Sequence[str] = (),
     amp: bool = False,
     stride: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Sigmoid probabilities ``(mask_probs (B,4,H,W), class_probs (B,4))`` for float images in [0, 1].
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Sigmoid probabilities ``(mask_probs (B,4,H,W), class_probs (B,4), image_probs (B,) or None)`` for
+    float images in [0, 1]; ``image_probs`` is the image head's "any defect" probability, None unless
+    every net has an image head.
 
     Averages over the identity view, every TTA view and every network (checkpoint ensemble). Images of any
     size are padded to the stride (default: the nets' ``output_stride``, else 32) and the output cropped back.
@@ -91,15 +105,20 @@ def predict_batch(
     autocast = torch.autocast(
         x.device.type, dtype=torch.bfloat16 if x.device.type == "cpu" else torch.float16
     )
-    mask_sum, cls_sum = 0.0, 0.0
+    mask_sum, cls_sum, img_sum = 0.0, 0.0, 0.0
+    every_image_head = True
     for net in nets:
         for aug, deaug in views:
             with autocast if amp else nullcontext():
-                mask_logits, cls_logits = net(aug(x))
+                mask_logits, cls_logits, img_logits = split_outputs(net(aug(x)))
             mask_sum = mask_sum + deaug(mask_logits.float().sigmoid())
             cls_sum = cls_sum + cls_logits.float().sigmoid()
+            if img_logits is None:
+                every_image_head = False
+            else:
+                img_sum = img_sum + img_logits.float().sigmoid()
     n = len(nets) * len(views)
-    return (mask_sum / n)[..., :h, :w], cls_sum / n
+    return (mask_sum / n)[..., :h, :w], cls_sum / n, (img_sum / n if every_image_head else None)
 
 
 def iter_probabilities(
@@ -108,12 +127,13 @@ def iter_probabilities(
     device: str | torch.device = "cpu",
     tta: Sequence[str] = (),
     amp: bool = False,
-) -> Iterator[tuple[dict, Tensor, Tensor]]:
-    """Yield ``(batch, mask_probs, class_probs)`` for every batch of a loader of dict batches."""
+) -> Iterator[tuple[dict, Tensor, Tensor, Tensor | None]]:
+    """Yield ``(batch, mask_probs, class_probs, image_probs or None)`` for every batch of a loader of dict
+    batches (see :func:`predict_batch`)."""
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        mask_probs, class_probs = predict_batch(nets, images, tta=tta, amp=amp)
-        yield batch, mask_probs, class_probs
+        mask_probs, class_probs, image_probs = predict_batch(nets, images, tta=tta, amp=amp)
+        yield batch, mask_probs, class_probs, image_probs
 
 
 def collect_tuning_stats(
@@ -124,12 +144,18 @@ def collect_tuning_stats(
     amp: bool = False,
     **stats_kwargs,
 ):
-    """Run the network(s) over a labelled loader and accumulate :class:`TuningStats` (memory-light)."""
+    """Run the network(s) over a labelled loader and accumulate :class:`TuningStats` (memory-light; with
+    the image head's probabilities when every net has one)."""
     from steel_defect.postprocess import TuningStats
 
     stats = TuningStats(**stats_kwargs)
-    for batch, mask_probs, class_probs in iter_probabilities(nets, loader, device, tta, amp):
-        stats.update(mask_probs.cpu().numpy(), class_probs.cpu().numpy(), batch["mask"].numpy() > 0.5)
+    for batch, mask_probs, class_probs, image_probs in iter_probabilities(nets, loader, device, tta, amp):
+        stats.update(
+            mask_probs.cpu().numpy(),
+            class_probs.cpu().numpy(),
+            batch["mask"].numpy() > 0.5,
+            None if image_probs is None else image_probs.cpu().numpy(),
+        )
     return stats
 
 
@@ -486,19 +512,37 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
     return load_thresholds(path, num_classes), str(path)
 
 
+def check_thresholds_for_nets(
+    params: Any, nets: Sequence[torch.nn.Module], source: str, ckpts: Sequence[Any] = ()
+) -> None:
+    """Fail before any prediction when ``params`` gate on the image head and a net has none."""
+    if params.t_img is None or params.img_source != "image_head":
+        return
+    lacking = [i for i, net in enumerate(nets) if not getattr(net, "image_head", False)]
+    if lacking:
+        names = [str(ckpts[i]) if i < len(ckpts) else f"net {i}" for i in lacking]
+        raise ValueError(
+            f"thresholds from {source}: img_source='image_head' (t_img={params.t_img}) needs the image head, "
+            f"but {', '.join(names)} has none (trained without model.net.image_head); use thresholds tuned "
+            "for this checkpoint, or img_source: max_cls"
+        )
+
+
 # ======================================================================================================
 # Streaming prediction
 # ======================================================================================================
 @dataclass
 class ImagePrediction:
     """The result for one image. ``masks`` (C, H, W) bool and ``class_probs`` (C,) are None for an
-    unreadable image (``ok=False``); ``image`` (3, H, W) float in [0, 1] is the batch's tensor (CPU)."""
+    unreadable image (``ok=False``); ``image`` (3, H, W) float in [0, 1] is the batch's tensor (CPU);
+    ``image_prob`` is the image head's "any defect" probability (None without an image head)."""
 
     image_id: str
     ok: bool
     masks: np.ndarray | None
     class_probs: np.ndarray | None
     image: Tensor | None
+    image_prob: float | None = None
 
     @property
     def rles(self) -> list[str]:
@@ -536,13 +580,14 @@ def iter_predictions(
             )
             index = sub["index"].tolist() if "index" in sub else list(range(offset, offset + len(ids)))
             offset += len(ids)
-            masks = probs = None
+            masks = probs = img = None
             good = ok.nonzero().flatten()
             if len(good):
                 images = sub["image"][good].to(device, non_blocking=True)
-                mask_probs, class_probs = predict_batch(nets, images, tta=tta, amp=amp)
+                mask_probs, class_probs, image_probs = predict_batch(nets, images, tta=tta, amp=amp)
                 probs = class_probs.float().cpu().numpy()
-                masks = postprocess(mask_probs.float().cpu().numpy(), probs, params)
+                img = None if image_probs is None else image_probs.float().cpu().numpy()
+                masks = postprocess(mask_probs.float().cpu().numpy(), probs, params, image_probs=img)
             row = {int(g): j for j, g in enumerate(good.tolist())}
             for i, image_id in enumerate(ids):
                 j = row.get(i)
@@ -552,6 +597,7 @@ def iter_predictions(
                     masks=None if j is None else masks[j],
                     class_probs=None if j is None else probs[j],
                     image=sub["image"][i],
+                    image_prob=None if j is None or img is None else float(img[j]),
                 )
         for i in sorted(results):
             yield results[i]
@@ -789,6 +835,7 @@ def _setup(
     device = resolve_device(c.device)
     nets, metas = load_nets(c.ckpt, device, c.runtime)
     params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
+    check_thresholds_for_nets(params, nets, source, c.ckpt)
     amp = c.amp and device.type == "cuda" and c.runtime == "torch"
     return device, nets, metas, params, source, amp
 

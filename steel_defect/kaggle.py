@@ -411,6 +411,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
     from steel_defect.inference import (
+        check_thresholds_for_nets,
         format_summary,
         load_nets,
         predict_images,
@@ -431,6 +432,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
     params, source = resolve_thresholds(
         str(bundle / thresholds) if thresholds else "auto", ckpts[0], metas[0]
     )
+    check_thresholds_for_nets(params, nets, source, ckpts)
     amp = bool(settings["amp"]) and device.type == "cuda"
     summary = predict_images(
         nets,
@@ -568,7 +570,17 @@ def build_bundle(
     if thresholds_src is not None:
         from steel_defect.postprocess import load_thresholds
 
-        load_thresholds(thresholds_src)  # validate before bundling
+        params = load_thresholds(thresholds_src)  # validate before bundling
+        if params.t_img is not None and params.img_source == "image_head":
+            import torch
+
+            for path in ckpts:
+                meta = torch.load(path, map_location="cpu", weights_only=True).get("steel_defect") or {}
+                if not (meta.get("net") or {}).get("image_head", False):
+                    raise ValueError(
+                        f"thresholds={thresholds_src}: img_source='image_head' needs the image head, but {path} "
+                        "has none (trained without model.net.image_head)"
+                    )
     project_wheel = opt["project_wheel"]
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ exactly that (vectorised over images and classes); ``TuningStats`` + ``tune_thre
 thresholds on a validation split from per-image counts only (memory O(N * C * grid)), so a full
 2,263 x 4 x 256 x 1600 probability tensor never has to be held.
 
+The image gate's probability comes from ``PostprocessParams.img_source``: ``max_cls`` (the max of the
+4-logit class head) or ``image_head`` (the network's dedicated "any defect" output, when it has one).
+``tune_thresholds`` tunes t_img and its source jointly with the per-class parameters.
+
 Area limits are pixel counts for ``reference_shape`` (the notebook's 256 x 1600). For an image of
 another size every area limit (min/max area and min component size) is scaled by
 (H * W) / (refH * refW) and rounded half-to-even (``np.rint``) - one helper, used by both the pixel path
@@ -44,6 +48,10 @@ NOTEBOOK_REFERENCE_SHAPE: tuple[int, int] = tuple(DEFAULT_SHAPE)
 DEFAULT_T_PIX_GRID: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))
 #: Default classification-threshold grid: 0.00, 0.05, ..., 0.95 (0.0 keeps every image, i.e. "disabled").
 DEFAULT_T_CLS_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+#: Default image-gate grid: None (no gate), 0.05, 0.10, ..., 0.95.
+DEFAULT_T_IMG_GRID: tuple[float | None, ...] = (None, *(round(0.05 * i, 2) for i in range(1, 20)))
+#: Sources of the image gate's probability: the max of the class head, or the dedicated image head.
+IMG_SOURCES: tuple[str, ...] = ("max_cls", "image_head")
 #: Default min-area grid in reference-shape pixels (the class's ``base`` value is always added).
 DEFAULT_MIN_AREA_GRID: tuple[int, ...] = (0, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 4000, 6000)
 #: Default max-area grid (used with ``tune_max_area=True``; the base value and None are always added).
@@ -106,8 +114,10 @@ def _check_area(name: str, value: Any) -> int | None:
 class PostprocessParams:
     """Per-class post-processing thresholds (index c = class c + 1); None disables a gate or limit."""
 
-    #: Image gate: keep any mask only if max(class_probs) >= t_img.
+    #: Image gate: keep any mask only if the image-level probability (see img_source) >= t_img.
     t_img: float | None = None
+    #: Image-level probability: "max_cls" = max(class_probs), "image_head" = the net's "any defect" output.
+    img_source: str = "max_cls"
     #: Class gate: keep class c only if class_probs[c] >= t_cls[c].
     t_cls: list[float | None] = field(default_factory=lambda: list(NOTEBOOK_T_CLS))
     #: Pixel threshold: mask = mask_probs[c] >= t_pix[c].
@@ -122,6 +132,8 @@ class PostprocessParams:
 
     def __post_init__(self) -> None:
         self.t_img = _check_prob("t_img", self.t_img, allow_none=True)
+        if not isinstance(self.img_source, str) or self.img_source not in IMG_SOURCES:
+            raise ValueError(f"img_source must be one of {', '.join(IMG_SOURCES)}, got {self.img_source!r}")
         lists = {}
         for name in ("t_cls", "t_pix", "min_area", "max_area", "min_component"):
             value = getattr(self, name)
@@ -253,11 +265,13 @@ def _check_probs(name: str, x: np.ndarray) -> None:
 
 
 def _batch_inputs(
-    mask_probs: Any, class_probs: Any, num_classes: int
-) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """Validate shapes; return (N, C, H, W) masks, (N, C) class probs (or None) and whether to squeeze."""
+    mask_probs: Any, class_probs: Any, num_classes: int, image_probs: Any = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bool]:
+    """Validate shapes; return (N, C, H, W) masks, (N, C) class probs and (N,) image probs (or None), and
+    whether to squeeze. ``image_probs`` is a scalar for one (C, H, W) image, else (N,)."""
     mask = _to_numpy(mask_probs)
     cls = None if class_probs is None else _to_numpy(class_probs)
+    img = None if image_probs is None else _to_numpy(image_probs)
     single = mask.ndim == 3
     if mask.ndim not in (3, 4):
         raise ValueError(f"mask_probs must be (C, H, W) or (N, C, H, W), got shape {mask.shape}")
@@ -276,8 +290,42 @@ def _batch_inputs(
             )
         cls = cls.reshape(mask.shape[0], num_classes)
         _check_probs("class_probs", cls)
+    if img is not None:
+        expected = () if single else (mask.shape[0],)
+        if img.shape != expected and not (single and img.shape == (1,)):
+            raise ValueError(
+                f"image_probs shape {img.shape} does not match mask_probs shape "
+                f"{mask.shape[1:] if single else mask.shape}: expected {expected or 'a scalar'}"
+            )
+        img = img.reshape(mask.shape[0])
+        _check_probs("image_probs", img)
     _check_probs("mask_probs", mask)
-    return mask, cls, single
+    return mask, cls, img, single
+
+
+def image_gate(
+    class_probs: np.ndarray | None, image_probs: np.ndarray | None, params: PostprocessParams, n: int
+) -> np.ndarray:
+    """(N,) bool: which images pass the image gate (image-level probability >= t_img, in float64).
+
+    The probability is max(class_probs) for ``img_source="max_cls"`` and ``image_probs`` (the network's
+    "any defect" output) for ``"image_head"``. t_img None passes every image. Shared by ``postprocess`` and
+    the count-based tuning, so both take identical decisions.
+    """
+    if params.t_img is None:
+        return np.ones(n, dtype=bool)
+    if params.img_source == "image_head":
+        if image_probs is None:
+            raise ValueError(
+                f"img_source='image_head' (t_img={params.t_img}) needs image_probs, the network's image-head "
+                "output; this network has none: use img_source='max_cls' or t_img=None"
+            )
+        prob = np.asarray(image_probs, dtype=np.float64).reshape(n)
+    else:
+        if class_probs is None:
+            raise ValueError(f"img_source='max_cls' (t_img={params.t_img}) needs class_probs, got None")
+        prob = np.asarray(class_probs, dtype=np.float64).reshape(n, -1).max(axis=1)
+    return prob >= np.float64(params.t_img)
 
 
 def _binarize(mask: np.ndarray, t_pix: Sequence[float]) -> np.ndarray:
@@ -286,17 +334,24 @@ def _binarize(mask: np.ndarray, t_pix: Sequence[float]) -> np.ndarray:
     return mask >= thr
 
 
-def postprocess(mask_probs: Any, class_probs: Any, params: PostprocessParams) -> np.ndarray:
+def postprocess(
+    mask_probs: Any, class_probs: Any, params: PostprocessParams, image_probs: Any = None
+) -> np.ndarray:
     """Final bool masks (C, H, W) or (N, C, H, W) from probabilities.
 
-    Class c is kept only if the image gate passes (max(class_probs) >= t_img), the class gate passes
-    (class_probs[c] >= t_cls[c]) and the thresholded mask (mask_probs[c] >= t_pix[c], after removing
-    components smaller than min_component[c]) has min_area[c] <= area <= max_area[c]; otherwise it is
-    all False. ``class_probs`` may be None only when no gate uses it.
+    Class c is kept only if the image gate passes (image-level probability >= t_img, see
+    :func:`image_gate`), the class gate passes (class_probs[c] >= t_cls[c]) and the thresholded mask
+    (mask_probs[c] >= t_pix[c], after removing components smaller than min_component[c]) has
+    min_area[c] <= area <= max_area[c]; otherwise it is all False. ``class_probs`` may be None only when no
+    gate uses it; ``image_probs`` ((N,), or a scalar for one image) only matters for
+    ``img_source="image_head"``.
     """
-    mask, cls, single = _batch_inputs(mask_probs, class_probs, params.num_classes)
+    mask, cls, img, single = _batch_inputs(mask_probs, class_probs, params.num_classes, image_probs)
     n, c, h, w = mask.shape
-    if cls is None and (params.t_img is not None or any(t is not None for t in params.t_cls)):
+    needs_cls = any(t is not None for t in params.t_cls) or (
+        params.t_img is not None and params.img_source == "max_cls"
+    )
+    if cls is None and needs_cls:
         raise ValueError("class_probs is None but the image/class gates need it (set t_img/t_cls to None)")
     binary = _binarize(mask, params.t_pix)
 
@@ -312,8 +367,7 @@ def postprocess(mask_probs: Any, class_probs: Any, params: PostprocessParams) ->
     if cls is not None:
         t_cls = np.asarray([-np.inf if t is None else t for t in params.t_cls], dtype=np.float64)
         keep &= cls >= t_cls
-        if params.t_img is not None:
-            keep &= (cls.max(axis=1) >= params.t_img)[:, None]
+    keep &= image_gate(cls, img, params, n)[:, None]
     binary &= keep[:, :, None, None]
     return binary[0] if single else binary
 
@@ -377,7 +431,8 @@ def _grid_index(grid: Sequence[float], value: float, what: str) -> int:
 class TuningStats:
     """Per image, class and pixel threshold: predicted area and intersection with the target.
 
-    Also keeps the target area, class probabilities and image size. With ``min_component`` set, counts
+    Also keeps the target area, class probabilities, image-head probabilities (when the network has an
+    image head: given to every ``update`` or to none) and image size. With ``min_component`` set, counts
     are also kept after removing small components (variant 1; variant 0 is without), so both can be
     evaluated. Memory is O(N * C * len(t_pix_grid)).
     """
@@ -400,19 +455,31 @@ class TuningStats:
         self._inter: list[np.ndarray] = []  # (n, C, G, V) int64
         self._target: list[np.ndarray] = []  # (n, C) int64
         self._cls: list[np.ndarray] = []  # (n, C) float64
+        self._img: list[np.ndarray] = []  # (n,) float64 image-head probabilities (empty: no image head)
         self._hw: list[np.ndarray] = []  # (n,) int64 pixel count per image
 
     def __len__(self) -> int:
         return int(sum(len(a) for a in self._hw))
 
-    def update(self, mask_probs: Any, class_probs: Any, targets: Any) -> None:
-        """Accumulate a batch: mask_probs (N, C, H, W), class_probs (N, C), targets (N, C, H, W) 0/1."""
+    @property
+    def has_image_probs(self) -> bool:
+        """Whether image-head probabilities were accumulated (so ``img_source="image_head"`` is evaluable)."""
+        return bool(self._img)
+
+    def update(self, mask_probs: Any, class_probs: Any, targets: Any, image_probs: Any = None) -> None:
+        """Accumulate a batch: mask_probs (N, C, H, W), class_probs (N, C), targets (N, C, H, W) 0/1 and,
+        for a network with an image head, image_probs (N,)."""
         mask = _to_numpy(mask_probs)
         if mask.ndim != 4:
             raise ValueError(f"mask_probs must be (N, C, H, W), got shape {mask.shape}")
-        mask, cls, _ = _batch_inputs(mask, class_probs, self.num_classes)
+        mask, cls, img, _ = _batch_inputs(mask, class_probs, self.num_classes, image_probs)
         if cls is None:
             raise ValueError("class_probs is required by TuningStats.update")
+        if self._hw and (img is not None) != self.has_image_probs:
+            raise ValueError(
+                "image_probs must be given to every TuningStats.update or to none: earlier batches had "
+                f"{'some' if self.has_image_probs else 'none'}, this one has {'some' if img is not None else 'none'}"
+            )
         target = _to_numpy(targets)
         if target.shape != mask.shape:
             raise ValueError(f"targets shape {target.shape} does not match mask_probs shape {mask.shape}")
@@ -443,10 +510,13 @@ class TuningStats:
         self._inter.append(inter)
         self._target.append(np.count_nonzero(target, axis=(2, 3)).astype(np.int64))
         self._cls.append(cls.astype(np.float64))
+        if img is not None:
+            self._img.append(img.astype(np.float64))
         self._hw.append(np.full(n, h * w, dtype=np.int64))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Concatenated counts: pred/inter (N, C, G, V), target (N, C), class_probs (N, C), hw (N,)."""
+        """Concatenated counts: pred/inter (N, C, G, V), target (N, C), class_probs (N, C), hw (N,) and,
+        with an image head, image_probs (N,)."""
         if not self._hw:
             raise ValueError("TuningStats is empty: call update() with at least one batch first")
         out = {
@@ -459,6 +529,9 @@ class TuningStats:
         # Keep one chunk so repeated calls stay cheap.
         self._pred, self._inter, self._target = [out["pred"]], [out["inter"]], [out["target"]]
         self._cls, self._hw = [out["class_probs"]], [out["hw"]]
+        if self._img:
+            out["image_probs"] = np.concatenate(self._img)
+            self._img = [out["image_probs"]]
         return out
 
     def _variant(self, params: PostprocessParams, k: int) -> int:
@@ -480,7 +553,7 @@ class TuningStats:
         a = self.arrays()
         cls, hw = a["class_probs"], a["hw"]
         out = np.empty(a["target"].shape, dtype=np.float64)
-        img_ok = np.ones(len(hw), dtype=bool) if params.t_img is None else cls.max(axis=1) >= params.t_img
+        img_ok = image_gate(cls, a.get("image_probs"), params, len(hw))
         for k in range(self.num_classes):
             g = _grid_index(self.t_pix_grid, params.t_pix[k], f"t_pix[{k}]")
             v = self._variant(params, k)
@@ -525,6 +598,35 @@ def _with_base(grid: Sequence[Any], base: Any) -> list[Any]:
     return values
 
 
+def _img_sources(stats: TuningStats, img_sources: Sequence[str] | None) -> list[str]:
+    """The image-gate sources to tune: default max_cls, plus image_head when ``stats`` has its probabilities."""
+    if img_sources is None:
+        return ["max_cls", "image_head"] if stats.has_image_probs else ["max_cls"]
+    if isinstance(img_sources, str) or not _is_seq(img_sources):
+        raise ValueError(
+            f"img_sources must be a list drawn from {', '.join(IMG_SOURCES)}, got {img_sources!r}"
+        )
+    out = list(dict.fromkeys(img_sources))
+    bad = [v for v in out if v not in IMG_SOURCES]
+    if bad:
+        raise ValueError(f"img_sources: unknown {bad}; valid: {', '.join(IMG_SOURCES)}")
+    if "image_head" in out and not stats.has_image_probs:
+        raise ValueError(
+            "img_sources includes 'image_head' but TuningStats has no image-head probabilities "
+            "(the network has no image head, or update() was called without image_probs)"
+        )
+    return out
+
+
+def _lex_key(*ranks: np.ndarray) -> np.ndarray:
+    """Integer key over the outer product of rank vectors: ordering by it is lexicographic in ``ranks``."""
+    key = np.zeros((), dtype=np.int64)
+    for r in ranks:
+        r = np.asarray(r, dtype=np.int64) + 1  # ranks start at -1 (the base value)
+        key = key[..., None] * (int(r.max()) + 1) + r
+    return key
+
+
 def tune_thresholds(
     stats: TuningStats,
     t_cls_grid: Sequence[float | None] = DEFAULT_T_CLS_GRID,
@@ -532,15 +634,22 @@ def tune_thresholds(
     base: PostprocessParams | None = None,
     tune_max_area: bool = False,
     max_area_grid: Sequence[int | None] = DEFAULT_MAX_AREA_GRID,
+    t_img_grid: Sequence[float | None] = DEFAULT_T_IMG_GRID,
+    img_sources: Sequence[str] | None = None,
 ) -> tuple[PostprocessParams, dict[str, Any]]:
-    """Per class, exhaustive search over (t_pix, t_cls, min_area[, max_area][, min_component]).
+    """Exhaustive search over the image gate and, per class, (t_pix, t_cls, min_area[, max_area][, min_component]).
 
-    Maximises each class's mean pair Dice with t_img = None (classes are independent, so this is exact
-    for the Kaggle mean). Area grids are in ``base.reference_shape`` pixels; the base value of every
-    parameter is always a candidate. With ``stats.min_component`` set, removing small components is a
-    candidate too. Ties (within 1e-12) prefer the base value, then the more conservative one (higher
-    thresholds, lower max area), in the order t_pix, t_cls, min_area, min_component, max_area.
-    Returns (params, report); the report's Dice values come from ``stats.dice_per_class``.
+    Gate candidates: no gate (t_img None) and every t_img of ``t_img_grid`` for every source of
+    ``img_sources`` (default: ``max_cls``, plus ``image_head`` when ``stats`` has image-head
+    probabilities). For a fixed gate the classes are independent, so the exact per-class search runs once
+    per gate and the gate with the best mean Dice is kept: the result is the exact optimum over the grids.
+    Area grids are in ``base.reference_shape`` pixels; the base value of every parameter is always a
+    candidate. With ``stats.min_component`` set, removing small components is a candidate too. Ties
+    (within 1e-12) prefer, per class, the base value, then the more conservative one (higher thresholds,
+    lower max area), in the order t_pix, t_cls, min_area, min_component, max_area; between gates, the base
+    gate, then no gate, then max_cls before image_head, then the higher t_img.
+    Returns (params, report); the report's Dice values come from ``stats.dice_per_class`` and include
+    the best tuned result without a gate and with a gate per source.
     """
     base = PostprocessParams.notebook_defaults() if base is None else base
     if base.num_classes != stats.num_classes:
@@ -556,14 +665,31 @@ def tune_thresholds(
     t_cls_grid = [_check_prob("t_cls_grid value", t, allow_none=True) for t in t_cls_grid]
     min_area_grid = [_check_area("min_area_grid value", a) for a in min_area_grid]
     max_area_grid = [_check_area("max_area_grid value", a) for a in max_area_grid]
+    t_img_values = [_check_prob("t_img_grid value", t, allow_none=True) for t in t_img_grid]
+    sources = _img_sources(stats, img_sources)
 
     a = stats.arrays()
     n_img = len(a["hw"])
-    hw, cls_probs = a["hw"], a["class_probs"]
+    hw, cls_probs, img_probs = a["hw"], a["class_probs"], a.get("image_probs")
+
+    # Gate candidates in tie-break order: the base gate, no gate, then per source the higher t_img first.
+    gates: list[tuple[float | None, str]] = []
+    if base.t_img is not None:
+        gates.append((base.t_img, base.img_source))
+    gates.append((None, "max_cls"))
+    for src in sources:
+        gates += [(t, src) for t in sorted({t for t in t_img_values if t is not None}, reverse=True)]
+    gates = list(dict.fromkeys(gates))
+    gate_ok = np.stack(
+        [
+            image_gate(cls_probs, img_probs, dataclasses.replace(base, t_img=t, img_source=src), n_img)
+            for t, src in gates
+        ]
+    ).astype(np.float64)  # (J, N)
+
     t_pix_values = list(stats.t_pix_grid)
-    chosen: dict[str, list[Any]] = {
-        k: [] for k in ("t_pix", "t_cls", "min_area", "max_area", "min_component")
-    }
+    best_score = np.empty((len(gates), stats.num_classes))
+    chosen: list[list[dict[str, Any]]] = [[] for _ in gates]  # [gate][class] -> parameter values
 
     for k in range(stats.num_classes):
         t_cls_values = _with_base(t_cls_grid, base.t_cls[k])
@@ -576,7 +702,7 @@ def tune_thresholds(
         inter = a["inter"][:, k, :, : len(variant_values)].astype(np.float64)
         target = a["target"][:, k].astype(np.float64)  # (N,)
 
-        # Mean Dice = mean(d_drop) + mean(keep * (d_keep - d_drop)), with keep = class gate & area gate.
+        # Mean Dice = mean(d_drop) + mean(keep * (d_keep - d_drop)), keep = image gate & class gate & area.
         d_keep = dice_from_counts(pred, target[:, None, None], inter)
         d_drop = dice_from_counts(np.zeros_like(target), target, np.zeros_like(target))
         gain = np.asarray(d_keep, dtype=np.float64) - np.asarray(d_drop, dtype=np.float64)[:, None, None]
@@ -587,51 +713,66 @@ def tune_thresholds(
         )  # (N, G, V, M, X)
         t_cls_arr = np.asarray([-np.inf if t is None else t for t in t_cls_values], dtype=np.float64)
         cls_ok = (cls_probs[:, k, None] >= t_cls_arr[None, :]).astype(np.float64)  # (N, K)
-        weighted = gain[..., None, None] * area_ok  # (N, G, V, M, X)
-        score = np.tensordot(cls_ok.T, weighted, axes=(1, 0)) / n_img  # (K, G, V, M, X)
-        score += float(np.mean(d_drop))
+        weighted = (gain[..., None, None] * area_ok).reshape(n_img, -1)  # (N, G*V*M*X)
+        keep = (gate_ok[:, None, :] * cls_ok.T[None]).reshape(-1, n_img)  # (J * K, N), contiguous for BLAS
+        score = (keep @ weighted) / n_img  # (J * K, G*V*M*X)
+        score = score.reshape(len(gates), len(t_cls_values), *area_ok.shape[1:]) + float(np.mean(d_drop))
         # A window with min_area > max_area is not a valid parameter set.
         lo_ref = np.asarray([-np.inf if v is None else v for v in min_values])
         hi_ref = np.asarray([np.inf if v is None else v for v in max_values])
         score[..., lo_ref[:, None] > hi_ref[None, :]] = -np.inf
 
-        tied = np.argwhere(score >= score.max() - _TIE_TOL)
-        ranks = (
+        # Lexicographic tie-break key over (K, G, V, M, X): t_pix, t_cls, min_area, min_component, max_area.
+        key = _lex_key(
             _preference(t_pix_values, base.t_pix[k], higher_first=True),
             _preference(t_cls_values, base.t_cls[k], higher_first=True),
             _preference(min_values, base.min_area[k], higher_first=True),
             _preference(variant_values, base.min_component[k], higher_first=True),
             _preference(max_values, base.max_area[k], higher_first=False),
-        )
-        ik, ig, iv, im, ix = min(
-            (tuple(int(x) for x in idx) for idx in tied),
-            key=lambda idx: (
-                ranks[0][idx[1]],
-                ranks[1][idx[0]],
-                ranks[2][idx[3]],
-                ranks[3][idx[2]],
-                ranks[4][idx[4]],
-            ),
-        )
-        chosen["t_pix"].append(t_pix_values[ig])
-        chosen["t_cls"].append(t_cls_values[ik])
-        chosen["min_area"].append(min_values[im])
-        chosen["min_component"].append(variant_values[iv])
-        chosen["max_area"].append(max_values[ix])
+        ).transpose(1, 0, 3, 2, 4)  # (G, K, M, V, X) -> (K, G, V, M, X)
+        for j in range(len(gates)):
+            s = score[j]
+            best_score[j, k] = s.max()
+            tied_key = np.where(s >= best_score[j, k] - _TIE_TOL, key, np.iinfo(np.int64).max)
+            ik, ig, iv, im, ix = np.unravel_index(int(np.argmin(tied_key)), s.shape)
+            chosen[j].append(
+                {
+                    "t_pix": t_pix_values[ig],
+                    "t_cls": t_cls_values[ik],
+                    "min_area": min_values[im],
+                    "min_component": variant_values[iv],
+                    "max_area": max_values[ix],
+                }
+            )
 
-    tuned = dataclasses.replace(
-        base,
-        t_img=None,
-        t_pix=chosen["t_pix"],
-        t_cls=chosen["t_cls"],
-        min_area=chosen["min_area"],
-        max_area=chosen["max_area"],
-        min_component=chosen["min_component"],
-    )
+    def tuned_for(j: int) -> PostprocessParams:
+        t, src = gates[j]
+        return dataclasses.replace(
+            base,
+            t_img=t,
+            img_source=src,
+            **{name: [c[name] for c in chosen[j]] for name in chosen[j][0]},
+        )
+
+    def first_best(candidates: list[int]) -> int:
+        means = best_score[candidates].mean(axis=1)
+        return candidates[int(np.flatnonzero(means >= means.max() - _TIE_TOL)[0])]
+
+    j_best = first_best(list(range(len(gates))))
+    j_none = gates.index((None, "max_cls"))
+    tuned, tuned_no_gate = tuned_for(j_best), tuned_for(j_none)
     raw = PostprocessParams.disabled(stats.num_classes)
     dice_raw = stats.dice_per_class(raw)
     dice_default = stats.dice_per_class(base)
     dice_tuned = stats.dice_per_class(tuned)
+    dice_no_gate = stats.dice_per_class(tuned_no_gate)
+    per_source: dict[str, Any] = {}
+    for src in sources:
+        js = [j for j, (t, s) in enumerate(gates) if s == src and t is not None]
+        if js:
+            j = first_best(js)
+            dice = stats.dice_per_class(tuned_for(j))
+            per_source[src] = {"t_img": gates[j][0], "dice": float(np.mean(dice)), "dice_per_class": dice}
     report: dict[str, Any] = {
         "num_images": n_img,
         "classes": [
@@ -639,6 +780,7 @@ def tune_thresholds(
                 "class": k + 1,
                 "dice_raw": dice_raw[k],
                 "dice_default": dice_default[k],
+                "dice_tuned_no_gate": dice_no_gate[k],
                 "dice_tuned": dice_tuned[k],
                 "t_pix": tuned.t_pix[k],
                 "t_cls": tuned.t_cls[k],
@@ -651,14 +793,21 @@ def tune_thresholds(
         "mean": {
             "dice_raw": float(np.mean(dice_raw)),
             "dice_default": float(np.mean(dice_default)),
+            "dice_tuned_no_gate": float(np.mean(dice_no_gate)),
             "dice_tuned": float(np.mean(dice_tuned)),
+        },
+        "image_gate": {
+            "t_img": tuned.t_img,
+            "img_source": tuned.img_source if tuned.t_img is not None else None,
+            "sources": per_source,
         },
     }
     return tuned, report
 
 
 def format_tuning_report(report: Mapping[str, Any]) -> str:
-    """A small fixed-width table: per class Dice raw / notebook defaults / tuned and chosen thresholds."""
+    """A small fixed-width table: per class Dice raw / notebook defaults / tuned and chosen thresholds, then
+    the image gate: mean Dice tuned without a gate and with the best gate of each source."""
 
     def fmt(v: Any, spec: str) -> str:
         if v is None:
@@ -682,4 +831,14 @@ def format_tuning_report(report: Mapping[str, Any]) -> str:
         f"{'mean':>5} {mean['dice_raw']:>7.4f} {mean['dice_default']:>7.4f} {mean['dice_tuned']:>7.4f}"
         + (f"   ({report['num_images']} images)" if "num_images" in report else "")
     )
+    gate = report.get("image_gate")
+    if gate is not None:
+        chosen = gate.get("img_source") if gate.get("t_img") is not None else "none"
+        lines.append("image gate (keep an image's masks only if p_img >= t_img), tuned with the rest:")
+        lines.append(f"  {'p_img source':<12} {'t_img':>5} {'mean':>7}")
+        rows = [("none", None, mean.get("dice_tuned_no_gate"))]
+        rows += [(src, v["t_img"], v["dice"]) for src, v in gate.get("sources", {}).items()]
+        for name, t, dice in rows:
+            mark = "  <- chosen" if name == chosen else ""
+            lines.append(f"  {name:<12} {fmt(t, '.2f'):>5} {fmt(dice, '.4f'):>7}{mark}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from steel_defect.export import (  # noqa: E402
+    IMAGE_OUTPUT_NAME,
     INPUT_NAME,
     METADATA_KEY,
     OUTPUT_NAMES,
@@ -65,6 +66,22 @@ def exported(tiny_net, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def head_net():
+    from steel_defect.models.factory import build_model
+
+    torch.manual_seed(1)
+    return build_model({"encoder_name": "resnet18", "encoder_weights": None, "image_head": True}).eval()
+
+
+@pytest.fixture(scope="module")
+def exported_head(head_net, tmp_path_factory) -> Path:
+    # verify=True: the export itself checks mask, class and image probabilities at two widths
+    return export_onnx(
+        head_net, tmp_path_factory.mktemp("onnx_head") / "head.onnx", height=H, width=W, dynamic_width=True
+    )
+
+
 # ------------------------------------------------------------------------------------------------ export
 def test_onnx_file_is_valid_and_carries_metadata(exported, tiny_net):
     import onnx
@@ -106,9 +123,41 @@ def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     from steel_defect.inference import predict_batch
 
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(7))
-    t_mask, t_cls = predict_batch(tiny_net, x, tta=["hflip"])
-    o_mask, o_cls = predict_batch(OnnxNet(exported["fixed"]), x, tta=["hflip"])
+    t_mask, t_cls, _ = predict_batch(tiny_net, x, tta=["hflip"])
+    o_mask, o_cls, _ = predict_batch(OnnxNet(exported["fixed"]), x, tta=["hflip"])
     assert (t_mask - o_mask).abs().max() < PROB_TOLERANCE and (t_cls - o_cls).abs().max() < PROB_TOLERANCE
+
+
+def test_image_head_is_a_third_onnx_output_matching_torch(exported_head, head_net, exported, tiny_net):
+    import onnx
+
+    model = onnx.load(str(exported_head))
+    assert [o.name for o in model.graph.output] == [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME]
+    assert model.graph.output[2].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = read_onnx_metadata(exported_head)
+    assert meta["image_head"] is True and meta["outputs"] == [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME]
+    assert meta["net"]["image_head"] is True
+    assert read_onnx_metadata(exported["fixed"])["image_head"] is False
+    onnx_net = OnnxNet(exported_head)
+    assert onnx_net.image_head and not OnnxNet(exported["fixed"]).image_head
+    for batch, width in ((1, W), (3, W + 64)):
+        x = torch.rand(batch, 3, H, width, generator=torch.Generator().manual_seed(batch))
+        mask, cls, img = onnx_net(x)
+        assert mask.shape == (batch, 4, H, width) and cls.shape == (batch, 4) and img.shape == (batch,)
+        gap = compare_with_torch(head_net, onnx_net, x)
+        assert set(gap) == {"mask", "class", "image"} and max(gap.values()) < PROB_TOLERANCE, gap
+    # Through predict_batch (padding, TTA, averaging): the image probabilities agree too.
+    from steel_defect.inference import predict_batch
+
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(9))
+    t_mask, t_cls, t_img = predict_batch(head_net, x, tta=["hflip"])
+    o_mask, o_cls, o_img = predict_batch(onnx_net, x, tta=["hflip"])
+    assert (t_img - o_img).abs().max() < PROB_TOLERANCE and (t_mask - o_mask).abs().max() < PROB_TOLERANCE
+    # A torch net and an ONNX model that disagree about the head are not compared silently.
+    with pytest.raises(ValueError, match="image head mismatch: the torch net has image output"):
+        compare_with_torch(head_net, OnnxNet(exported["fixed"]), x)
+    with pytest.raises(ValueError, match="image head mismatch: the torch net has no image output"):
+        compare_with_torch(tiny_net, onnx_net, x)
 
 
 def test_export_leaves_the_net_as_it_was(tiny_net, tmp_path):
@@ -192,20 +241,36 @@ def test_bad_export_arguments(tiny_net, tmp_path, kwargs, needle):
 
 
 # ------------------------------------------------------------------------------------------------ predict.py
-def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(tmp_path, small_synthetic):
+@pytest.mark.parametrize("image_head", [False, True])
+def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
+    tmp_path, small_synthetic, image_head
+):
+    """With an image head the thresholds gate on it, so the ONNX image output is used by the submission."""
     from steel_defect.inference import read_submission, run
     from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.postprocess import load_thresholds
 
-    ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt")
+    ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt", image_head=image_head)
     images = small_synthetic / "test_images"
     net, _ = load_net_from_checkpoint(ckpt)
     separated_thresholds(net, images, ckpt.parent / "thresholds.yaml")
+    assert (load_thresholds(ckpt.parent / "thresholds.yaml").img_source == "image_head") is image_head
     onnx_path = tmp_path / "run" / "tiny.onnx"
 
-    run_predict(
-        [f"ckpt={ckpt}", "task=export", f"export.out={onnx_path}", f"export.height={H}", f"export.width={W}"],
-        tmp_path,
-    )
+    if image_head:  # the CLI is covered by the other case: in process here
+        run({"task": "export", "ckpt": str(ckpt), "export": {"out": str(onnx_path), "height": H, "width": W}})
+        assert OnnxNet(onnx_path).image_head
+    else:
+        run_predict(
+            [
+                f"ckpt={ckpt}",
+                "task=export",
+                f"export.out={onnx_path}",
+                f"export.height={H}",
+                f"export.width={W}",
+            ],
+            tmp_path,
+        )
     assert read_onnx_metadata(onnx_path)["meta"]["net"] == net.config
     # The two predictions run in-process through predict.py's entry point (the CLI above covers Hydra).
     common = {"images": str(images), "device": "cpu", "num_workers": 0, "batch_size": 3, "tta": ["hflip"]}

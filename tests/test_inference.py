@@ -51,7 +51,8 @@ _RUNS: dict[str, dict[str, Path]] = {}
 
 
 def tiny_run(base: Path) -> dict[str, Path]:
-    """A synthetic data set, a 1-step checkpoint (``a``), a perturbed copy (``b``) and the run's split.json.
+    """A synthetic data set, a 1-step checkpoint (``a``), a perturbed copy (``b``), a 1-step checkpoint of a
+    net with an image head (``head``) and the run's split.json.
 
     Cached per base folder, so both test files share one build per session.
     """
@@ -92,9 +93,22 @@ def tiny_run(base: Path) -> dict[str, Path]:
     }
     b = run_dir / "checkpoints" / "other.ckpt"
     torch.save(ckpt, b)
+    torch.manual_seed(1)
+    module = SteelDefectModule(net={**TINY_NET, "image_head": True})
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(SteelDataset(frame, data / "train_images"), batch_size=4))
+    head = run_dir / "head" / "checkpoints" / "epoch_000.ckpt"
+    trainer.save_checkpoint(head)
     ids = frame["ImageId"].tolist()
     save_split({"train": ids[:4], "val": ids[4:]}, run_dir / "split.json")
-    _RUNS[key] = {"data": data, "run": run_dir, "a": a, "b": b}
+    _RUNS[key] = {"data": data, "run": run_dir, "a": a, "b": b, "head": head}
     return _RUNS[key]
 
 
@@ -109,11 +123,12 @@ def net(run_files):
     return nets[0]
 
 
-def isolated_ckpt(run_files, tmp_path: Path) -> Path:
-    """A copy of checkpoint ``a`` alone in a fresh folder (so a thresholds.yaml beside it is the test's own)."""
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    return Path(shutil.copy(run_files["a"], folder / "model.ckpt"))
+def isolated_ckpt(run_files, tmp_path: Path, which: str = "a") -> Path:
+    """A copy of checkpoint ``which`` alone in a fresh folder (so a thresholds.yaml beside it is the test's
+    own)."""
+    folder = tmp_path / which / "ckpt"
+    folder.mkdir(parents=True)
+    return Path(shutil.copy(run_files[which], folder / "model.ckpt"))
 
 
 def config(**overrides) -> dict:
@@ -160,7 +175,7 @@ def test_tta_of_a_flip_equivariant_net_equals_the_plain_prediction():
     net = FlipEquivariant().eval()
     plain = predict_batch(net, x)
     for tta in (["hflip"], ["vflip"], ["hflip", "vflip", "hvflip"]):
-        masks, cls = predict_batch(net, x, tta=tta)
+        masks, cls, _ = predict_batch(net, x, tta=tta)
         torch.testing.assert_close(masks, plain[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(cls, plain[1], rtol=0, atol=1e-6)
 
@@ -168,7 +183,7 @@ def test_tta_of_a_flip_equivariant_net_equals_the_plain_prediction():
 def test_tta_de_augments_the_views():
     x = torch.rand(1, 3, 32, 64)
     net = LeftRamp()
-    masks, _ = predict_batch(net, x, tta=["hflip"])
+    masks, _, _ = predict_batch(net, x, tta=["hflip"])
     expected = (net(x)[0].sigmoid() + net(x.flip(-1))[0].sigmoid().flip(-1)) / 2
     torch.testing.assert_close(masks, expected)
     assert not torch.allclose(masks, net(x)[0].sigmoid())
@@ -184,16 +199,52 @@ def test_padding_to_the_stride_and_cropping_back():
     padded, size = pad_to_multiple(x, 32)
     assert padded.shape[-2:] == (64, 96) and size == (50, 70)
     assert torch.equal(padded[..., :50, :70], x) and padded[..., 50:, :].abs().sum() == 0
-    masks, cls = predict_batch(FlipEquivariant(), x)  # the net asserts its input is padded
+    masks, cls, _ = predict_batch(FlipEquivariant(), x)  # the net asserts its input is padded
     assert masks.shape == (2, 4, 50, 70) and cls.shape == (2, 4)
 
 
 def test_ensemble_averages_probabilities():
     x = torch.rand(2, 3, 32, 64)
     a, b = FlipEquivariant(), LeftRamp()
-    masks, cls = predict_batch([a, b], x)
+    masks, cls, _ = predict_batch([a, b], x)
     torch.testing.assert_close(masks, (predict_batch(a, x)[0] + predict_batch(b, x)[0]) / 2)
     torch.testing.assert_close(cls, (predict_batch(a, x)[1] + predict_batch(b, x)[1]) / 2)
+
+
+class WithImageHead(FlipEquivariant):
+    """FlipEquivariant plus a third output: an image logit that is the mean of the image."""
+
+    def forward(self, x):
+        mask, cls = super().forward(x)
+        return mask, cls, 4 * x.mean(dim=(1, 2, 3)) - 2
+
+
+def test_image_head_probabilities_through_tta_and_ensembles():
+    from steel_defect.inference import split_outputs
+
+    x = torch.rand(2, 3, 50, 70)
+    head = WithImageHead().eval()
+    masks, cls, img = predict_batch(head, x, tta=["hflip", "vflip"])
+    assert masks.shape == (2, 4, 50, 70) and cls.shape == (2, 4) and img.shape == (2,)
+    padded, _ = pad_to_multiple(x, 32)  # the net sees the zero-padded image, as in SteelNet
+    torch.testing.assert_close(img, (4 * padded.mean(dim=(1, 2, 3)) - 2).sigmoid(), rtol=0, atol=1e-6)
+    # Mask and class probabilities are those of the same net without the head.
+    plain = predict_batch(FlipEquivariant().eval(), x, tta=["hflip", "vflip"])
+    assert plain[2] is None
+    torch.testing.assert_close(masks, plain[0], rtol=0, atol=0)
+    # An ensemble averages the image probabilities too; one member without a head -> None.
+    other = WithImageHead().eval()
+    with torch.no_grad():
+        other.conv.weight.mul_(-1)
+    _, _, both = predict_batch([head, other], x)
+    torch.testing.assert_close(both, img, rtol=0, atol=1e-6)  # the image logit ignores the weights
+    assert predict_batch([head, FlipEquivariant()], x)[2] is None
+    with pytest.raises(
+        ValueError, match=r"must return \(mask_logits, class_logits\[, image_logits\]\), got a 4-tuple"
+    ):
+        split_outputs((x, x, x, x))
+    with pytest.raises(ValueError, match="got Tensor"):
+        split_outputs(x)
 
 
 # ======================================================================================================
@@ -430,14 +481,14 @@ def test_corrupt_and_other_size_images(run_files, net, tmp_path, caplog):
     assert by_id["0_truncated.jpg"] == [""] * 4 and by_id["zz_garbage.jpg"] == [""] * 4
     # The other-size image was predicted at its own size: its RLE decodes at 80x200 and equals a direct run.
     image = torch.from_numpy(read_image(folder / "m_other.png")).permute(2, 0, 1)[None].float() / 255
-    mask_probs, class_probs = predict_batch(net, image)
+    mask_probs, class_probs, _ = predict_batch(net, image)
     expected = postprocess(mask_probs.numpy(), class_probs.numpy(), PostprocessParams.disabled())[0]
     decoded = np.stack([rle_decode(r, (80, 200)) for r in by_id["m_other.png"]]).astype(bool)
     assert decoded.any() and np.array_equal(decoded, expected)
     # The other images match a plain run too (batches split by size keep the sorted order).
     for p in tests:
         image = torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].float() / 255
-        mp, cp = predict_batch(net, image)
+        mp, cp, _ = predict_batch(net, image)
         want = [rle_encode(m) for m in postprocess(mp.numpy(), cp.numpy(), PostprocessParams.disabled())[0]]
         assert by_id[p.name] == want
 
@@ -457,7 +508,7 @@ def test_ensemble_and_tta_through_run(run_files, net, tmp_path):
     ):
         out = tmp_path / "s.csv"
         run(config(ckpt=[str(p) for p in ckpts], tta=tta, images=str(folder), thresholds="raw", out=str(out)))
-        mp, cp = predict_batch(nets, image, tta=tta)
+        mp, cp, _ = predict_batch(nets, image, tta=tta)
         want = [rle_encode(m) for m in postprocess(mp.numpy(), cp.numpy(), PostprocessParams.disabled())[0]]
         plain = predict_batch(net, image)
         assert not torch.allclose(mp, plain[0])  # the ensemble / TTA changes the probabilities ...
@@ -560,6 +611,62 @@ def test_task_tune_writes_thresholds_beside_the_checkpoint(run_files, tmp_path, 
     # Without data.split the run's own split.json (<ckpt>/../../split.json) is needed.
     with pytest.raises(FileNotFoundError, match="split file not found"):
         run(config(task="tune", ckpt=str(ckpt), data={"root": str(run_files["data"])}))
+
+
+def test_image_head_checkpoint_tunes_both_sources_and_predicts_with_the_image_gate(
+    run_files, tmp_path, capsys
+):
+    """task=tune with an image-head net measures both gate sources; predict applies the image-head gate."""
+    from steel_defect.data.dataset import read_image
+    from steel_defect.postprocess import load_thresholds, save_thresholds
+
+    ckpt = isolated_ckpt(run_files, tmp_path, "head")
+    split = run_files["run"] / "split.json"
+    result = run(
+        config(task="tune", ckpt=str(ckpt), data={"root": str(run_files["data"]), "split": str(split)})
+    )
+    report = result["report"]
+    assert set(report["image_gate"]["sources"]) == {"max_cls", "image_head"}
+    assert (
+        report["mean"]["dice_tuned"]
+        >= max(
+            report["mean"]["dice_tuned_no_gate"],
+            *(v["dice"] for v in report["image_gate"]["sources"].values()),
+        )
+        - 1e-12
+    )
+    out = capsys.readouterr().out
+    assert "image_head" in out and "max_cls" in out and "p_img source" in out
+    # A thresholds.yaml gating on the image head: run() must give exactly postprocess(..., image_probs).
+    nets, _ = load_nets([ckpt])
+    images = sorted((run_files["data"] / "test_images").glob("*.jpg"))
+    batch = torch.stack([torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p in images])
+    mp, cp, ip = predict_batch(nets, batch)
+    assert ip is not None and ip.shape == (len(images),)
+    t_img = float(ip.median())
+    gate = PostprocessParams.from_dict(
+        {**PostprocessParams.disabled().to_dict(), "t_img": t_img, "img_source": "image_head"}
+    )
+    save_thresholds(gate, ckpt.parent / "thresholds.yaml")
+    assert load_thresholds(ckpt.parent / "thresholds.yaml") == gate
+    run(config(ckpt=str(ckpt), images=str(run_files["data"] / "test_images"), out=str(tmp_path / "s.csv")))
+    frame = read_submission(tmp_path / "s.csv")
+    want = postprocess(mp.numpy(), cp.numpy(), gate, image_probs=ip.numpy())
+    assert frame["EncodedPixels"].tolist() == [rle_encode(m) for image in want for m in image]
+    kept = want.any(axis=(1, 2, 3))
+    assert kept.any() and not kept.all()  # the gate dropped some images and kept others
+    # The same thresholds with a checkpoint that has no image head: a clear error before any prediction.
+    plain = isolated_ckpt(run_files, tmp_path, "a")
+    shutil.copy(ckpt.parent / "thresholds.yaml", plain.parent / "thresholds.yaml")
+    with pytest.raises(
+        ValueError, match=r"img_source='image_head'.*needs the image head.*model\.ckpt has none"
+    ):
+        run(
+            config(
+                ckpt=str(plain), images=str(run_files["data"] / "test_images"), out=str(tmp_path / "x.csv")
+            )
+        )
+    assert not (tmp_path / "x.csv").exists()
 
 
 # ======================================================================================================

@@ -51,14 +51,14 @@ PREDICT = {"batch_size": 3, "num_workers": 0, "tta": ["hflip"], "device": "cpu"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def make_tiny_checkpoint(path: Path) -> Path:
+def make_tiny_checkpoint(path: Path, image_head: bool = False) -> Path:
     """A real Lightning checkpoint of a tiny U-Net after one optimizer step (with optimizer states)."""
     import lightning as L
 
     from steel_defect.models.module import SteelDefectModule
 
     L.seed_everything(0, verbose=False)
-    module = SteelDefectModule(net=dict(TINY_NET), scheduler={"name": "none"})
+    module = SteelDefectModule(net={**TINY_NET, "image_head": image_head}, scheduler={"name": "none"})
     g = torch.Generator().manual_seed(0)
     items = [
         {
@@ -86,14 +86,15 @@ def make_tiny_checkpoint(path: Path) -> Path:
 def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, margin: float = 1e-4) -> Path:
     """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities on the
     images (none within ``margin``), so that runtimes agreeing to ~1e-6 give identical masks, and that
-    still gives non-empty masks (about the top 10% of pixels per class, most classes kept)."""
+    still gives non-empty masks (about the top 10% of pixels per class, most classes kept). For a net with
+    an image head, the image gate uses it too (t_img in a gap of its probabilities, most images kept)."""
     from steel_defect.data.dataset import PredictDataset
     from steel_defect.inference import predict_batch
     from steel_defect.postprocess import PostprocessParams, save_thresholds
 
     ds = PredictDataset(images_dir)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    mask_probs, class_probs = predict_batch(net, x)
+    mask_probs, class_probs, image_probs = predict_batch(net, x)
 
     def gap_near(values: np.ndarray, q: float) -> float:
         v = np.unique(values.astype(np.float64))
@@ -113,6 +114,9 @@ def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, marg
         min_component=[None] * 4,
         reference_shape=None,
     )
+    if image_probs is not None:
+        params.t_img = gap_near(np.concatenate([image_probs.numpy(), [0.0, 1.0]]), 0.3)
+        params.img_source = "image_head"
     return save_thresholds(params, out)
 
 
@@ -180,11 +184,12 @@ def emulate_kaggle_image(venv_python: Path, image_dir: Path, bundled: list[str])
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
-    """A tiny checkpoint with a thresholds.yaml beside it, and the synthetic test images."""
+    """A tiny checkpoint (with an image head) with a thresholds.yaml beside it that gates on the image head,
+    and the synthetic test images."""
     from steel_defect.models.module import load_net_from_checkpoint
 
     root = tmp_path_factory.mktemp("kaggle_run")
-    ckpt = make_tiny_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt")
+    ckpt = make_tiny_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt", image_head=True)
     images = small_synthetic / "test_images"
     net, _ = load_net_from_checkpoint(ckpt)
     thresholds = separated_thresholds(net, images, ckpt.parent / "thresholds.yaml")
@@ -348,6 +353,49 @@ def test_kernel_source_embeds_the_settings_and_the_notebook_holds_it():
         nbformat.validate(nbformat.from_dict(nb))
 
 
+@pytest.mark.parametrize("image_head", [False, True])
+def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
+    image_head, small_synthetic, tmp_path
+):
+    """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files."""
+    from steel_defect.inference import run
+    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.postprocess import load_thresholds
+
+    bundle = tmp_path / "bundle"
+    ckpt = make_tiny_checkpoint(bundle / "checkpoints" / "tiny.ckpt", image_head=image_head)
+    images = small_synthetic / "test_images"
+    net, _ = load_net_from_checkpoint(ckpt)
+    assert net.image_head is image_head
+    thresholds = separated_thresholds(net, images, bundle / "thresholds.yaml")
+    params = load_thresholds(thresholds)
+    assert (params.t_img is not None, params.img_source) == (
+        (True, "image_head") if image_head else (False, "max_cls")
+    )
+    settings = {
+        "input": str(images),
+        "output": str(tmp_path / "kernel.csv"),
+        "checkpoints": ["checkpoints/tiny.ckpt"],
+        "thresholds": "thresholds.yaml",
+        "amp": False,
+        **PREDICT,
+    }
+    summary = kaggle.run_kernel(settings, bundle)
+    assert summary["thresholds"] == str(thresholds)
+    out = tmp_path / "predict.csv"
+    run({"ckpt": str(ckpt), "images": str(images), "thresholds": str(thresholds), "out": str(out), **PREDICT})
+    assert (tmp_path / "kernel.csv").read_bytes() == (tmp_path / "predict.csv").read_bytes()
+    rows = list(csv.reader((tmp_path / "kernel.csv").read_text().splitlines()))[1:]
+    assert sum(bool(r[1]) for r in rows) >= 4, "the comparison needs non-empty masks"
+    if image_head:  # the image gate dropped at least one image that the other thresholds would keep
+        from steel_defect.data.dataset import PredictDataset
+        from steel_defect.inference import predict_batch
+
+        ds = PredictDataset(images)
+        _, _, image_probs = predict_batch(net, torch.stack([ds[i]["image"] for i in range(len(ds))]))
+        assert (image_probs.numpy() < params.t_img).any()
+
+
 def test_run_kernel_names_a_missing_input_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="test image folder not found: .*nowhere"):
         kaggle.run_kernel({"input": str(tmp_path / "nowhere")}, tmp_path)
@@ -390,6 +438,18 @@ def test_failed_bundle_leaves_nothing_behind(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="no-such-package-xyz"):
         build_bundle(str(tiny_run["ckpt"]), tmp_path / "out", wheels=["no-such-package-xyz"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(tmp_path):
+    from steel_defect.postprocess import PostprocessParams, save_thresholds
+
+    ckpt = make_tiny_checkpoint(tmp_path / "run" / "plain.ckpt", image_head=False)
+    gate = save_thresholds(PostprocessParams(t_img=0.5, img_source="image_head"), tmp_path / "gate.yaml")
+    with pytest.raises(
+        ValueError, match=r"gate\.yaml: img_source='image_head' needs the image head.*plain\.ckpt"
+    ):
+        build_bundle(str(ckpt), tmp_path / "out", thresholds=str(gate), wheels=[])
+    assert not (tmp_path / "out").exists()
 
 
 def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_path):
@@ -473,3 +533,7 @@ def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_p
     assert len(rows) - 1 == 4 * len(list(tiny_run["images"].glob("*.jpg")))
     assert sum(bool(r[1]) for r in rows[1:]) >= 4, "the comparison needs non-empty masks"
     assert submission.read_bytes() == expected.read_bytes()
+    # The bundled checkpoint carries the image head, and the bundled thresholds gate on it.
+    bundled = torch.load(bundle / manifest["settings"]["checkpoints"][0], weights_only=True)
+    assert bundled["steel_defect"]["net"]["image_head"] is True
+    assert "img_source: image_head" in (bundle / "thresholds.yaml").read_text()

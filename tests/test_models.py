@@ -274,3 +274,71 @@ def test_loss_argument_and_shape_errors():
         SegClsLoss()(mask_logits, class_logits[:, :3], mask)
     with pytest.raises(ValueError, match=r"mask_logits .* and mask"):
         SegClsLoss()(mask_logits, class_logits, mask[:, :, :2])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Image head ("image has any defect" logit)
+# ------------------------------------------------------------------------------------------------------
+def test_image_head_is_one_more_row_of_the_class_head(tiny_net):
+    torch.manual_seed(0)
+    net = build_model({**TINY, "image_head": True}).eval()
+    assert net.image_head and not tiny_net.image_head and net.config["image_head"] is True
+    x = torch.rand(2, 3, 60, 100)
+    with torch.no_grad():
+        mask_logits, class_logits, image_logits = net(x)
+    assert (
+        mask_logits.shape == (2, 4, 60, 100) and class_logits.shape == (2, 4) and image_logits.shape == (2,)
+    )
+    # Same backbone and decoder: the only extra parameters are one Linear row (in_features weights + 1 bias).
+    linear = [m for m in net.model.classification_head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert linear.out_features == 5
+    assert count_parameters(net) - count_parameters(tiny_net) == linear.in_features + 1
+    # The image logit is the head's 5th output on the pooled features; the class logits are the first 4.
+    with torch.no_grad():
+        full = torch.rand(1, 3, 64, 128)
+        raw = net.model((full - net.mean) / net.std)[1]
+        _, cls, img = net(full)
+    torch.testing.assert_close(cls, raw[:, :4], rtol=0, atol=0)
+    torch.testing.assert_close(img, raw[:, 4], rtol=0, atol=0)
+    # Without the key (configs and checkpoints from before the head): no head, the old state-dict layout.
+    old = {k: v for k, v in resolve_config(TINY).items() if k != "image_head"}
+    rebuilt = SteelNet.from_config(old)
+    assert not rebuilt.image_head
+    rebuilt.load_state_dict(tiny_net.state_dict(), strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        net.load_state_dict(tiny_net.state_dict(), strict=True)
+
+
+def test_image_head_config_is_validated():
+    assert resolve_config(TINY)["image_head"] is False
+    assert resolve_config({**TINY, "image_head": True})["image_head"] is True
+    with pytest.raises(ValueError, match=r"model\.net\.image_head must be true or false, got 'yes'"):
+        resolve_config({**TINY, "image_head": "yes"})
+
+
+def test_image_loss_term_matches_hand_computation_and_has_its_own_weight():
+    mask_logits, class_logits, mask = _tiny_inputs()
+    mask[1] = 0  # image 1 is defect-free, image 0 has defects
+    image_logits = torch.tensor([0.3, 1.2])
+    plain = SegClsLoss(image_weight=0.25)(mask_logits, class_logits, mask)
+    out = SegClsLoss(image_weight=0.25)(mask_logits, class_logits, mask, image_logits=image_logits)
+    assert "loss_image" not in plain
+    expected = (_bce(0.3, 1.0) + _bce(1.2, 0.0)) / 2
+    assert float(out["loss_image"]) == pytest.approx(expected, rel=1e-6)
+    assert float(out["loss"]) == pytest.approx(float(plain["loss"]) + 0.25 * expected, rel=1e-6)
+    for key in ("loss_mask", "loss_dice", "loss_cls"):
+        assert torch.equal(out[key], plain[key])
+    # The target is "any label": explicit labels override the masks.
+    labels = torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0]])
+    out = SegClsLoss()(mask_logits, class_logits, mask, labels, image_logits=image_logits)
+    assert float(out["loss_image"]) == pytest.approx((_bce(0.3, 0.0) + _bce(1.2, 1.0)) / 2, rel=1e-6)
+    # Weight 0: logged, but no gradient reaches the image logit through the total loss.
+    image_logits = image_logits.clone().requires_grad_()
+    SegClsLoss(image_weight=0.0)(mask_logits, class_logits, mask, image_logits=image_logits)[
+        "loss"
+    ].backward()
+    assert image_logits.grad is not None and float(image_logits.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match=r"model\.loss\.image_weight"):
+        SegClsLoss(image_weight=-0.5)
+    with pytest.raises(ValueError, match=r"image_logits shape \(2, 1\) must be \(B,\) = \(2,\)"):
+        SegClsLoss()(mask_logits, class_logits, mask, image_logits=torch.zeros(2, 1))

@@ -153,7 +153,13 @@ def test_perfect_predictions_give_dice_one_and_cls_f1_one(tmp_path):
 def test_test_step_mirrors_validation(tmp_path, fitted):
     module, _, _ = fitted
     out = _trainer(tmp_path).test(module, dataloaders=_loader(2), verbose=False)[0]
-    assert {"test/loss", "test/dice", "test/dice_raw", "test/dice_4", "test/cls_recall_2"} <= set(out)
+    expected = {"test/loss", "test/dice_raw", "test/dice_raw_4", "test/dice_default", "test/dice_default_4"}
+    expected |= {"test/cls_recall_2", "test/img_auroc_max_cls"}
+    assert expected <= set(out), sorted(expected - set(out))
+    # No tuned thresholds were handed to the module: no (fake) tuned figure, and no head -> no head AUROC.
+    assert module.tuned_postprocess is None
+    assert not any(k.startswith("test/dice_tuned") or k == "test/img_auroc_head" for k in out)
+    assert "test/dice" not in out  # renamed test/dice_default: which post-processing is explicit
 
 
 def test_predict_returns_probabilities_and_ids(tmp_path, fitted):
@@ -331,3 +337,138 @@ def test_channels_last_gives_the_same_outputs(tmp_path):
     assert fast.net.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert b["val/dice"] == pytest.approx(a["val/dice"], abs=1e-6)
     assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Image head, and the test stage's three Dice figures
+# ------------------------------------------------------------------------------------------------------
+def _expected_dice(module, data: RandomSteel, params: PostprocessParams) -> float:
+    """Kaggle Dice of ``postprocess(..., params)`` computed directly from the module's outputs."""
+    from steel_defect.inference import split_outputs
+    from steel_defect.metrics import kaggle_dice
+    from steel_defect.postprocess import postprocess
+
+    module.eval()
+    with torch.no_grad():
+        mask_logits, class_logits, image_logits = split_outputs(module(data.images))
+    image = None if image_logits is None else image_logits.sigmoid().numpy()
+    pred = postprocess(
+        mask_logits.sigmoid().numpy(), class_logits.sigmoid().numpy(), params, image_probs=image
+    )
+    return float(kaggle_dice(pred, data.masks.bool().numpy()))
+
+
+def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
+    L.seed_everything(3, verbose=False)
+    module = _module(net={**NET, "image_head": True}, loss={"image_weight": 0.7})
+    assert module.criterion.image_weight == 0.7 and module.hparams.net["image_head"] is True
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=2)
+    trainer.fit(module, train_dataloaders=_loader(4), val_dataloaders=_loader(6, seed=1))
+    keys = set(trainer.callback_metrics)
+    expected = {"train/loss_image", "val/loss_image", "val/img_auroc_max_cls", "val/img_auroc_head"}
+    assert expected <= keys, sorted(expected - keys)
+    for key in ("val/img_auroc_max_cls", "val/img_auroc_head"):
+        assert 0.0 <= float(trainer.callback_metrics[key]) <= 1.0
+    # The image head's AUROC is that of its own probabilities on "image has any defect".
+    from torchmetrics.functional.classification import binary_auroc
+
+    data = RandomSteel(6, seed=1)
+    module.eval()
+    with torch.no_grad():
+        _, cls, img = module(data.images[:4])
+    has = (data.labels[:4].sum(1) > 0).int()
+    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4, seed=1), verbose=False)[0]
+    assert out["val/img_auroc_head"] == pytest.approx(float(binary_auroc(img.sigmoid(), has)), abs=1e-6)
+    assert out["val/img_auroc_max_cls"] == pytest.approx(
+        float(binary_auroc(cls.sigmoid().max(1).values, has)), abs=1e-6
+    )
+    preds = _trainer(tmp_path).predict(module, dataloaders=_loader(3, batch_size=3))
+    assert preds[0]["image_probs"].shape == (3,)
+
+
+def test_test_stage_logs_raw_default_and_tuned_dice(tmp_path):
+    """test/dice_tuned is computed with ``tuned_postprocess``, here an image-head gate, per class too."""
+    L.seed_everything(4, verbose=False)
+    module = _module(net={**NET, "image_head": True})
+    data = RandomSteel(6, seed=2)
+    module.eval()
+    with torch.no_grad():
+        img = module(data.images)[2].sigmoid()
+    t_img = float(img.median())  # keeps about half the images
+    tuned = PostprocessParams.from_dict({**PP_RAW, "t_img": t_img, "img_source": "image_head"})
+    module.tuned_postprocess = tuned
+    out = _trainer(tmp_path).test(module, dataloaders=_loader(6, seed=2, batch_size=4), verbose=False)[0]
+    assert out["test/dice_raw"] == pytest.approx(
+        _expected_dice(module, data, PostprocessParams.disabled()), abs=1e-6
+    )
+    assert out["test/dice_default"] == pytest.approx(_expected_dice(module, data, module.pp_params), abs=1e-6)
+    assert out["test/dice_tuned"] == pytest.approx(_expected_dice(module, data, tuned), abs=1e-6)
+    assert out["test/dice_tuned"] != pytest.approx(out["test/dice_raw"])  # the gate changed the masks
+    assert {f"test/dice_tuned_{c}" for c in range(1, 5)} <= set(out)
+
+
+def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_the_table(tmp_path, caplog):
+    import logging
+
+    from steel_defect.callbacks import TuneThresholds
+    from steel_defect.postprocess import save_thresholds
+
+    L.seed_everything(5, verbose=False)
+    module = _module(net={**NET, "image_head": True})
+    data = RandomSteel(4, seed=3)
+    # What the callback wrote at fit end (here by hand): a gate that drops every mask.
+    params = PostprocessParams.from_dict({**PP_RAW, "t_cls": [1.0] * 4})
+    callback = TuneThresholds()
+    callback.path = save_thresholds(params, tmp_path / "thresholds.yaml")
+    callback.report = {
+        "classes": [{"dice_raw": 0.1, "dice_default": 0.2, "dice_tuned": 0.3} for _ in range(4)],
+        "mean": {"dice_raw": 0.1, "dice_default": 0.2, "dice_tuned": 0.3},
+    }
+    with caplog.at_level(logging.INFO, logger="steel_defect.callbacks"):
+        out = _trainer(tmp_path, callbacks=[callback]).test(
+            module, dataloaders=_loader(4, seed=3), verbose=False
+        )[0]
+    assert module.tuned_postprocess == params
+    empty_pairs = float((data.masks.flatten(2).sum(2) == 0).float().mean())
+    assert (
+        out["test/dice_tuned"] == pytest.approx(empty_pairs, abs=1e-6) == _expected_dice(module, data, params)
+    )
+    assert out["test/dice_tuned"] != pytest.approx(out["test/dice_default"])
+    table = callback.table
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["split", "post-processing", "mean"]
+    assert (
+        "in-sample: tuned on val" in lines[4] and lines[4].startswith("val   tuned") and "0.3000" in lines[4]
+    )
+    assert (
+        lines[7].startswith("test  tuned")
+        and f"{out['test/dice_tuned']:6.4f}" in lines[7]
+        and "held-out" in lines[7]
+    )
+    assert f"{out['test/dice_default']:6.4f}" in lines[6] and str(callback.path) in table
+    assert table in caplog.text
+    # Tuning disabled (no thresholds written): dice_tuned is absent, not faked, and shown as '-'.
+    callback = TuneThresholds(enabled=False)
+    out = _trainer(tmp_path, callbacks=[callback]).test(
+        module, dataloaders=_loader(4, seed=3), verbose=False
+    )[0]
+    assert module.tuned_postprocess is None and "test/dice_tuned" not in out
+    assert callback.table.splitlines()[7].split()[:3] == ["test", "tuned", "-"]
+
+
+def test_old_checkpoint_without_image_head_key_still_loads_and_tests(fitted, tmp_path):
+    module, _, path = fitted
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for net in (ckpt["steel_defect"]["net"], ckpt["hyper_parameters"]["net"]):
+        del net["image_head"]  # as written before the key existed
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    net, meta = load_net_from_checkpoint(old)
+    assert not net.image_head and "image_head" not in meta["net"]
+    with torch.no_grad():
+        assert len(net(torch.rand(1, 3, H, W))) == 2
+    rebuilt = SteelDefectModule(**ckpt["hyper_parameters"])
+    out = _trainer(tmp_path).test(
+        rebuilt, dataloaders=_loader(2), ckpt_path=str(old), weights_only=True, verbose=False
+    )[0]
+    assert "test/dice_default" in out and "test/img_auroc_head" not in out

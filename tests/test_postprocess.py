@@ -90,7 +90,9 @@ def test_to_dict_from_dict_round_trip_is_yaml_safe():
 @pytest.mark.parametrize(
     ("d", "match"),
     [
-        ({"t_pixel": [0.5] * 4}, r"'t_pixel'.*valid keys: t_img, t_cls, t_pix"),
+        ({"t_pixel": [0.5] * 4}, r"'t_pixel'.*valid keys: t_img, img_source, t_cls, t_pix"),
+        ({"img_source": "max"}, r"img_source must be one of max_cls, image_head, got 'max'"),
+        ({"img_source": None}, r"img_source must be one of .*got None"),
         ({"t_pix": [0.5] * 3}, "t_pix must be a list of 4"),
         ({"t_pix": 0.5}, "t_pix must be a list of 4"),
         ({"t_cls": [0.5, 1.5, 0.5, 0.5]}, r"t_cls\[1\] must be in \[0, 1\]"),
@@ -436,7 +438,8 @@ def test_tuning_finds_known_thresholds_and_agrees_with_pixel_evaluation():
     assert tuned_one == tuned and report_one == report
     yaml.safe_dump(report)
     text = format_tuning_report(report)
-    assert "0.65" in text and "300" in text and "mean" in text and len(text.splitlines()) == 8
+    assert "0.65" in text and "300" in text and "mean" in text and len(text.splitlines()) == 12
+    assert "none             -  1.0000  <- chosen" in text and "max_cls" in text and "image_head" not in text
 
 
 def test_tuning_max_area():
@@ -586,3 +589,283 @@ def test_count_evaluation_matches_pixel_evaluation_including_boundaries():
         np.testing.assert_allclose(stats.dice_per_pair(p), dice_per_pair(pred, target), atol=1e-12)
     assert stats.dice_per_class(candidates[0])[0] == 1.0
     assert stats.dice_per_class(candidates[1])[0] < 1.0 and stats.dice_per_class(candidates[2])[0] < 1.0
+
+
+# ------------------------------------------------------------------------------------------------------
+# Image gate: sources, count path == pixel path, tuning jointly with the per-class parameters
+# ------------------------------------------------------------------------------------------------------
+def test_image_gate_sources_in_postprocess():
+    m = blob_probs([100] * 4)
+    cls = np.array([0.1, 0.3, 0.2, 0.29])
+    head = params(t_img=0.5, img_source="image_head")
+    assert postprocess(m, cls, head, image_probs=np.float32(0.5)).sum() == 400  # >= t_img keeps
+    assert not postprocess(m, cls, head, image_probs=0.49).any()
+    assert postprocess(m, cls, head, image_probs=np.array([0.7])).sum() == 400  # (1,) for one image
+    # max_cls ignores the image head: max(cls) = 0.3 < 0.5 drops every mask whatever image_probs says.
+    assert not postprocess(m, cls, params(t_img=0.5), image_probs=1.0).any()
+    # Batched: one decision per image; the class probabilities are not needed by the image-head gate.
+    batch = np.stack([m, m, m])
+    out = postprocess(batch, None, head, image_probs=np.array([0.9, 0.1, 0.5]))
+    assert out.any(axis=(1, 2, 3)).tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="img_source='image_head'.*needs image_probs.*img_source='max_cls'"):
+        postprocess(m, cls, head)
+    with pytest.raises(ValueError, match=r"image_probs shape \(2,\).*expected \(3,\)"):
+        postprocess(batch, None, head, image_probs=np.array([0.9, 0.1]))
+    with pytest.raises(ValueError, match="image_probs must be probabilities"):
+        postprocess(m, cls, head, image_probs=3.0)
+    # With t_img None the gate is off whatever the source, and image_probs may be absent.
+    assert postprocess(m, cls, params(img_source="image_head")).sum() == 400
+
+
+def gate_validation(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Defect-free images with spurious high-probability blobs that no per-class parameter can remove.
+
+    Every odd image is defect-free, but has a 0.9 blob in class 2 of the same size as the true ones and
+    the same class-2 probability (0.3), so only an image-level gate separates them. Even images have a true
+    class-1 and class-2 defect with class probabilities [0.9, 0.3, ...] (max 0.9); odd images [0.2, 0.3, ...]
+    (max 0.3). The image head sees the same separation (0.8 vs 0.35) on even/odd images.
+    """
+    rng = np.random.default_rng(seed)
+    probs = np.full((n, 4, H, W), 0.05, np.float32)
+    target = np.zeros((n, 4, H, W), bool)
+    cls = np.full((n, 4), 0.1)
+    image = np.empty(n)
+    for i in range(n):
+        probs[i, 1, 10:22, 60:90] = 0.9
+        cls[i, 1] = 0.3
+        if i % 2 == 0:
+            probs[i, 0, 2:10, 2:40] = 0.9
+            target[i, 0, 2:10, 2:40] = True
+            target[i, 1, 10:22, 60:90] = True
+            cls[i, 0] = 0.9
+            image[i] = rng.uniform(0.8, 0.95)
+        else:
+            cls[i, 0] = 0.2
+            image[i] = rng.uniform(0.2, 0.35)
+    return probs, cls, target, image
+
+
+def fill_img(probs, cls, target, image, batch: int = 5, **kw) -> TuningStats:
+    stats = TuningStats(reference_shape=REF, **kw)
+    for s in range(0, len(probs), batch):
+        stats.update(probs[s : s + batch], cls[s : s + batch], target[s : s + batch], image[s : s + batch])
+    return stats
+
+
+def test_tuning_finds_an_image_gate_that_beats_no_gate_max_cls():
+    probs, cls, target, _ = gate_validation()
+    stats = fill(probs, cls, target)  # no image head: only max_cls is available
+    assert not stats.has_image_probs
+    tuned, report = tune_thresholds(stats, base=base_params())
+    # max(cls) is 0.9 on defective images and 0.3 on clean ones: every t_img in (0.3, 0.9] is perfect; the
+    # tie-break takes the highest.
+    assert (tuned.t_img, tuned.img_source) == (0.9, "max_cls")
+    assert report["mean"]["dice_tuned"] == pytest.approx(1.0, abs=1e-12)
+    # Class 2 without a gate: keep everything or drop everything, half the images right either way.
+    assert report["mean"]["dice_tuned_no_gate"] == pytest.approx((1 + 0.5 + 1 + 1) / 4, abs=1e-12)
+    assert report["image_gate"] == {
+        "t_img": 0.9,
+        "img_source": "max_cls",
+        "sources": {
+            "max_cls": {"t_img": 0.9, "dice": report["mean"]["dice_tuned"], "dice_per_class": [1.0] * 4}
+        },
+    }
+    # Without the gate the spurious class-2 blobs cannot be removed: the class-2 gate cannot separate them.
+    assert report["classes"][1]["dice_tuned_no_gate"] < 1.0
+    pred = postprocess(probs, cls, tuned)
+    assert kaggle_dice(pred, target) == pytest.approx(1.0)
+    # A t_img grid without values in (0.3, 0.9] cannot help: 0.95 drops everything, 0.2 keeps everything
+    # (a tie with no gate, which the tie-break prefers).
+    tuned, report = tune_thresholds(stats, base=base_params(), t_img_grid=[None, 0.2, 0.95])
+    assert tuned.t_img is None and report["image_gate"]["t_img"] is None
+    assert report["image_gate"]["sources"]["max_cls"]["t_img"] == 0.2
+    assert report["image_gate"]["sources"]["max_cls"]["dice"] == report["mean"]["dice_tuned_no_gate"]
+    assert report["mean"]["dice_tuned"] == report["mean"]["dice_tuned_no_gate"]
+
+
+def test_tuning_measures_both_sources_and_picks_the_image_head_when_it_is_better():
+    probs, cls, target, image = gate_validation()
+    cls[:, 0] = 0.9  # the class head no longer separates clean images: max(cls) = 0.9 everywhere
+    target[:, 0] = False
+    probs[:, 0] = 0.05
+    target[::2, 0, 2:10, 2:40] = True  # class 1 stays a true defect on even images only ...
+    probs[:, 0, 2:10, 2:40] = 0.9  # ... but looks the same everywhere
+    stats = fill_img(probs, cls, target, image)
+    assert stats.has_image_probs
+    tuned, report = tune_thresholds(stats, base=base_params())
+    # image in [0.8, 0.95] vs [0.2, 0.35]: t_img in (0.35, 0.8] separates; the highest such grid value is 0.8.
+    assert (tuned.t_img, tuned.img_source) == (0.8, "image_head")
+    gate = report["image_gate"]
+    assert set(gate["sources"]) == {"max_cls", "image_head"}
+    assert gate["sources"]["image_head"] == {"t_img": 0.8, "dice": 1.0, "dice_per_class": [1.0] * 4}
+    assert gate["sources"]["max_cls"]["dice"] < 1.0 and report["mean"]["dice_tuned_no_gate"] < 1.0
+    assert report["mean"]["dice_tuned"] == pytest.approx(1.0)
+    pred = postprocess(probs, cls, tuned, image_probs=image)
+    assert kaggle_dice(pred, target) == pytest.approx(1.0)
+    # Restricting the sources measures only the class head.
+    tuned_cls, report_cls = tune_thresholds(stats, base=base_params(), img_sources=["max_cls"])
+    assert tuned_cls.img_source == "max_cls" and set(report_cls["image_gate"]["sources"]) == {"max_cls"}
+    assert report_cls["mean"]["dice_tuned"] < 1.0
+    text = format_tuning_report(report)
+    assert "image_head    0.80  1.0000  <- chosen" in text and "max_cls" in text and "none" in text
+
+
+def test_tuning_prefers_max_cls_on_a_tie_and_none_where_the_gate_cannot_help():
+    probs, cls, target, image = gate_validation()
+    stats = fill_img(probs, cls, target, image)
+    tuned, report = tune_thresholds(stats, base=base_params())
+    # Both sources separate perfectly: the tie goes to max_cls (it needs no image head).
+    assert (tuned.t_img, tuned.img_source) == (0.9, "max_cls")
+    assert report["image_gate"]["sources"]["image_head"]["dice"] == pytest.approx(1.0)
+    # The original validation set has no spurious blobs the gate could remove: no gate, whatever the source.
+    probs, cls, target = synthetic_validation()
+    image = np.random.default_rng(1).random(len(probs))
+    tuned, report = tune_thresholds(fill_img(probs, cls, target, image), base=base_params())
+    assert tuned.t_img is None and tuned.img_source == "max_cls"
+    assert report["image_gate"]["img_source"] is None
+    assert report["mean"]["dice_tuned"] == report["mean"]["dice_tuned_no_gate"] == pytest.approx(1.0)
+    assert report["image_gate"]["sources"]["image_head"]["dice"] < 1.0  # a random image head only hurts
+
+
+def test_tuning_with_the_gate_is_the_exhaustive_optimum_on_random_data():
+    """Brute force over gates x per-class parameters with the pixel path and an explicit Dice."""
+    rng = np.random.default_rng(11)
+    n, h, w = 8, 16, 64
+    raw = rng.random((2, n * 4, h, w)).astype(np.float32)
+    smooth = np.stack([[cv2.GaussianBlur(x, (0, 0), 2) for x in r] for r in raw]).reshape(2, n, 4, h, w)
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    probs = np.clip(0.6 * smooth[0] + 0.4 * smooth[1] + rng.normal(0, 0.05, smooth[0].shape), 0, 1)
+    target = smooth[1] > 0.55
+    target[: n // 2] = False  # half the images are defect-free: a gate can matter
+    # An uninformative class head, a useful image head.
+    cls = rng.uniform(0.2, 1.0, (n, 4)).astype(np.float32)
+    image = np.clip(target.any(axis=(1, 2, 3)) * 0.5 + rng.normal(0.25, 0.1, n), 0, 1).astype(np.float32)
+    t_pix_grid, t_cls_grid, min_grid, t_img_grid = (
+        (0.4, 0.5, 0.6),
+        (0.0, 0.3, 0.6),
+        (0, 40, 200),
+        (None, 0.3, 0.5, 0.7),
+    )
+    base = PostprocessParams(min_area=[40] * 4, max_area=[None] * 4, reference_shape=None)
+    stats = TuningStats(t_pix_grid=t_pix_grid, reference_shape=None)
+    stats.update(probs, cls, target, image)
+    tuned, report = tune_thresholds(
+        stats, t_cls_grid=t_cls_grid, min_area_grid=min_grid, base=base, t_img_grid=t_img_grid
+    )
+
+    def brute(t_img, source) -> np.ndarray:
+        best = np.full(4, -1.0)
+        for tp, tc, ma in itertools.product(t_pix_grid, (*t_cls_grid, 0.5), min_grid):
+            p = PostprocessParams(
+                t_img=t_img,
+                img_source=source,
+                t_pix=[tp] * 4,
+                t_cls=[tc] * 4,
+                min_area=[ma] * 4,
+                max_area=[None] * 4,
+                reference_shape=None,
+            )
+            best = np.maximum(best, ref_dice_per_class(postprocess(probs, cls, p, image_probs=image), target))
+        return best
+
+    no_gate = brute(None, "max_cls")
+    per_source = {
+        s: max(brute(t, s).mean() for t in t_img_grid if t is not None) for s in ("max_cls", "image_head")
+    }
+    assert report["mean"]["dice_tuned_no_gate"] == pytest.approx(no_gate.mean(), abs=1e-12)
+    for source, best in per_source.items():
+        assert report["image_gate"]["sources"][source]["dice"] == pytest.approx(best, abs=1e-12)
+    assert report["mean"]["dice_tuned"] == pytest.approx(max(no_gate.mean(), *per_source.values()), abs=1e-12)
+    pred = postprocess(probs, cls, tuned, image_probs=image)
+    assert report["mean"]["dice_tuned"] == pytest.approx(kaggle_dice(pred, target), abs=1e-12)
+    assert report["mean"]["dice_tuned"] > no_gate.mean()  # the gate matters on this data
+    assert tuned.t_img is not None
+
+
+def test_count_evaluation_matches_pixel_evaluation_with_the_image_gate():
+    probs, cls, target, image = gate_validation()
+    rng = np.random.default_rng(3)
+    image = image.astype(np.float32)
+    cls = cls.astype(np.float32)
+    # float32 probabilities exactly at float32(t_img): compared in float64 on both paths.
+    image[:4] = np.float32(0.35)
+    cls[4:8, 0] = np.float32(0.35)
+    stats = fill_img(probs, cls, target, image, min_component=[None, 8, None, None])
+    candidates = [
+        base_params(t_img=0.35, img_source=src, t_cls=[None] * 4) for src in ("max_cls", "image_head")
+    ]
+    for _ in range(8):
+        candidates.append(
+            base_params(
+                t_img=[None, 0.3, 0.35, 0.5, 0.85][int(rng.integers(5))],
+                img_source=["max_cls", "image_head"][int(rng.integers(2))],
+                t_pix=rng.choice(stats.t_pix_grid, 4).tolist(),
+                t_cls=rng.choice([0.0, 0.3, 0.5], 4).tolist(),
+                min_area=rng.choice([0, 144, 1440], 4).tolist(),
+                min_component=[None, [None, 8][int(rng.integers(2))], None, None],
+            )
+        )
+    gated = 0
+    for p in candidates:
+        pred = postprocess(probs, cls, p, image_probs=image)
+        np.testing.assert_allclose(stats.dice_per_pair(p), dice_per_pair(pred, target), atol=1e-12)
+        gated += p.t_img is not None and not np.array_equal(
+            pred, postprocess(probs, cls, dataclasses_replace(p, t_img=None), image_probs=image)
+        )
+    assert gated >= 3  # the gate changed the masks for several candidates
+    # The boundary images pass a 0.35 gate (float64: float32(0.35) = 0.3499999940 < 0.35 does NOT pass).
+    for src, rows in (("image_head", slice(0, 4)), ("max_cls", slice(4, 8))):
+        p = base_params(
+            t_img=0.35, img_source=src, t_cls=[None] * 4, min_area=[None] * 4, max_area=[None] * 4
+        )
+        assert not postprocess(probs[rows], cls[rows], p, image_probs=image[rows]).any()
+        p = dataclasses_replace(p, t_img=float(np.float32(0.35)))
+        assert postprocess(probs[rows], cls[rows], p, image_probs=image[rows]).any()
+
+
+def test_image_probs_in_tuning_stats_errors():
+    probs, cls, target, image = gate_validation(n=4)
+    stats = fill(probs, cls, target)
+    with pytest.raises(ValueError, match="img_source='image_head'.*needs image_probs"):
+        stats.dice_per_class(base_params(t_img=0.5, img_source="image_head"))
+    with pytest.raises(
+        ValueError, match="img_sources includes 'image_head' but TuningStats has no image-head"
+    ):
+        tune_thresholds(stats, base=base_params(), img_sources=["image_head"])
+    with pytest.raises(ValueError, match=r"img_sources: unknown \['head'\]"):
+        tune_thresholds(stats, base=base_params(), img_sources=["head"])
+    with pytest.raises(ValueError, match="image_probs must be given to every TuningStats.update or to none"):
+        stats.update(probs, cls, target, image)
+    mixed = TuningStats(reference_shape=REF)
+    mixed.update(probs[:2], cls[:2], target[:2], image[:2])
+    with pytest.raises(ValueError, match="earlier batches had some, this one has none"):
+        mixed.update(probs[2:], cls[2:], target[2:])
+    assert len(mixed) == 2 and mixed.arrays()["image_probs"].tolist() == image[:2].tolist()
+    with pytest.raises(ValueError, match="t_img_grid value"):
+        tune_thresholds(mixed, base=base_params(), t_img_grid=[None, 1.5])
+
+
+def test_image_gate_params_yaml_round_trip_and_old_files(tmp_path: Path):
+    p = PostprocessParams(t_img=0.45, img_source="image_head", t_cls=[0.4, None, 0.6, 0.7])
+    path = save_thresholds(p, tmp_path / "thresholds.yaml")
+    doc = yaml.safe_load(path.read_text())
+    assert doc["params"]["t_img"] == 0.45 and doc["params"]["img_source"] == "image_head"
+    assert load_thresholds(path) == p
+    # A thresholds.yaml written before the image gate was tuned has no img_source: the class head's max.
+    old = {k: v for k, v in PostprocessParams(t_img=0.3).to_dict().items() if k != "img_source"}
+    (tmp_path / "old.yaml").write_text(
+        yaml.safe_dump({"params": old, "report": {"mean": {"dice_tuned": 0.5}}})
+    )
+    loaded = load_thresholds(tmp_path / "old.yaml")
+    assert loaded.img_source == "max_cls" and loaded.t_img == 0.3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"params": {**old, "img_source": "both"}}))
+    with pytest.raises(ValueError, match=r"bad\.yaml.*img_source must be one of max_cls, image_head"):
+        load_thresholds(tmp_path / "bad.yaml")
+    # A tuned result round-trips with its report; an old report (no image_gate block) still prints.
+    probs, cls, target, image = gate_validation()
+    tuned, report = tune_thresholds(fill_img(probs, cls, target, image), base=base_params())
+    path = save_thresholds(tuned, tmp_path / "tuned.yaml", report=report)
+    assert load_thresholds(path) == tuned
+    assert yaml.safe_load(path.read_text())["report"]["image_gate"]["img_source"] == "max_cls"
+    old_report = {k: v for k, v in report.items() if k != "image_gate"}
+    assert len(format_tuning_report(old_report).splitlines()) == 8

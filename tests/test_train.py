@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -76,8 +77,9 @@ def test_every_model_config_composes_and_builds(model, tmp_path):
     cfg = compose_train([f"model={model}", "model.net.encoder_weights=null"], tmp_path)
     assert cfg.model._target_ == "steel_defect.models.SteelDefectModule"
     net = build_model(dict(cfg.model.net))
-    mask, cls = net(torch.rand(1, 3, 64, 128))
-    assert mask.shape == (1, 4, 64, 128) and cls.shape == (1, 4)
+    mask, cls, img = net(torch.rand(1, 3, 64, 128))  # every model config has the image head on
+    assert mask.shape == (1, 4, 64, 128) and cls.shape == (1, 4) and img.shape == (1,)
+    assert cfg.model.loss.image_weight > 0
 
 
 @pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp", "ddp_cpu"])
@@ -146,6 +148,84 @@ def test_cli_real_samples_with_effb1(samples_dir, tmp_path):
     assert len(params.t_pix) == 4
 
 
+def held_out_dice(ckpt: Path, datamodule, params) -> dict[str, float]:
+    """Kaggle Dice of ``params`` on the datamodule's held-out test split, computed directly (no Lightning)."""
+    import numpy as np
+
+    from steel_defect.inference import iter_probabilities, load_nets
+    from steel_defect.metrics import kaggle_dice, kaggle_dice_per_class
+    from steel_defect.postprocess import postprocess
+
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    nets, _ = load_nets([ckpt])
+    preds, targets = [], []
+    for batch, mp, cp, ip in iter_probabilities(nets, datamodule.test_dataloader()):
+        preds.append(
+            postprocess(mp.numpy(), cp.numpy(), params, image_probs=None if ip is None else ip.numpy())
+        )
+        targets.append(batch["mask"].numpy() > 0.5)
+    pred, target = np.concatenate(preds), np.concatenate(targets)
+    return {"mean": float(kaggle_dice(pred, target)), "per_class": kaggle_dice_per_class(pred, target)}
+
+
+def test_fit_then_test_logs_held_out_dice_three_ways_and_tuned_uses_thresholds_yaml(tmp_path, caplog):
+    """After fit + test: test/dice_{raw,default,tuned} (+ per class) on the held-out split; dice_tuned is the
+    Dice of the thresholds.yaml that tuning wrote on val (with both image-gate sources measured)."""
+    import logging
+
+    from steel_defect.instantiate import instantiate_plain
+    from steel_defect.postprocess import PostprocessParams, load_thresholds
+    from train import train
+
+    cfg = compose_train(
+        [
+            "model=tiny",
+            *TINY,
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "~callbacks.early_stopping",
+        ],
+        tmp_path,
+    )
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
+    for kind in ("raw", "default", "tuned"):
+        for key in (f"test/dice_{kind}", *(f"test/dice_{kind}_{c}" for c in range(1, 5))):
+            assert key in metrics, key
+            assert 0.0 <= float(metrics[key]) <= 1.0, key
+    path = tmp_path / "run" / "checkpoints" / "thresholds.yaml"
+    doc = yaml.safe_load(path.read_text())
+    best = path.parent / doc["meta"]["checkpoint"]
+    # Tuning measured both sources of the image gate (the tiny net has the image head) and wrote the choice.
+    assert set(doc["report"]["image_gate"]["sources"]) == {"max_cls", "image_head"}
+    assert "img_source" in doc["params"] and "dice_tuned_no_gate" in doc["report"]["mean"]
+    tuned = load_thresholds(path)
+    assert tuned != PostprocessParams.notebook_defaults()
+    # Recomputed on the held-out test split with the best checkpoint: raw, defaults and the written yaml.
+    datamodule = instantiate_plain(cfg.data)
+    for kind, params in (
+        ("raw", PostprocessParams.disabled()),
+        ("default", PostprocessParams.notebook_defaults()),
+        ("tuned", tuned),
+    ):
+        expected = held_out_dice(best, datamodule, params)
+        assert float(metrics[f"test/dice_{kind}"]) == pytest.approx(expected["mean"], abs=1e-6), kind
+        for c in range(1, 5):
+            assert float(metrics[f"test/dice_{kind}_{c}"]) == pytest.approx(
+                expected["per_class"][c - 1], abs=1e-6
+            )
+    # The end-of-training table says which figures are in-sample (val) and which held-out (test).
+    assert "in-sample (val) vs held-out (test)" in caplog.text
+    table = caplog.text[caplog.text.index("split post-processing") :]
+    lines = table.splitlines()
+    assert lines[4].startswith("val   tuned") and "in-sample: tuned on val" in lines[4]
+    assert f"{doc['report']['mean']['dice_tuned']:6.4f}" in lines[4]
+    assert lines[7].startswith("test  tuned") and "held-out" in lines[7]
+    assert f"{float(metrics['test/dice_tuned']):6.4f}" in lines[7]
+    assert f"{float(metrics['test/dice_raw']):6.4f}" in lines[5]
+
+
 def test_cli_multirun_two_runs_two_dirs(tmp_path):
     run_cli(
         [
@@ -187,7 +267,9 @@ def test_cli_optuna_two_trials(tmp_path):
 
 
 def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
-    """Real DDP (2 processes, gloo): the logged val/dice equals a 1-process validation of the same weights."""
+    """Real DDP (2 processes, gloo): the logged val/dice equals a 1-process validation of the same weights,
+    and the held-out test/dice_{raw,default,tuned} equal a 1-process computation with the thresholds.yaml
+    that rank 0 tuned (the tuned params reach every process)."""
     run_dir = tmp_path / "run"
     run_cli(
         [
@@ -198,14 +280,26 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
             "data.limit_val=6",
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=2",
-            "test=false",
-            "callbacks.tune_thresholds.enabled=false",
             f"hydra.run.dir={run_dir}",
         ],
         tmp_path,
     )
     metrics = pd.read_csv(next(run_dir.glob("csv/*/metrics.csv")))
     ddp_dice = metrics["val/dice_raw"].dropna().iloc[-1]
+
+    from steel_defect.instantiate import instantiate_plain
+    from steel_defect.postprocess import PostprocessParams, load_thresholds
+
+    thresholds = run_dir / "checkpoints" / "thresholds.yaml"
+    best = thresholds.parent / yaml.safe_load(thresholds.read_text())["meta"]["checkpoint"]
+    data_cfg = compose_train(["model=tiny", *TINY, "data.limit_val=6"], tmp_path).data
+    for kind, params in (
+        ("raw", PostprocessParams.disabled()),
+        ("default", PostprocessParams.notebook_defaults()),
+        ("tuned", load_thresholds(thresholds)),
+    ):
+        expected = held_out_dice(best, instantiate_plain(data_cfg), params)["mean"]
+        assert metrics[f"test/dice_{kind}"].dropna().iloc[-1] == pytest.approx(expected, abs=1e-6), kind
 
     from train import train
 

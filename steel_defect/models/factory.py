@@ -2,7 +2,9 @@
 
 ``build_model(cfg)`` turns a plain ``model.net`` config into a :class:`SteelNet`: one smp segmentation model
 with 4 mask channels plus a 4-logit classification head (smp ``aux_params``), with the input normalisation
-(mean/std of the encoder's pretrained weights) stored as buffers inside the network.
+(mean/std of the encoder's pretrained weights) stored as buffers inside the network. With
+``model.net.image_head: true`` the aux head has one more output, the "image has any defect" logit (its own
+row of the head's Linear on the pooled encoder features), returned as a third output.
 
 Encoder weights (``model.net.encoder_weights``):
 
@@ -66,6 +68,8 @@ NET_DEFAULTS: dict[str, Any] = {
     "in_channels": 3,
     "head_dropout": 0.2,
     "decoder_attention_type": None,
+    # A dedicated "image has any defect" logit (third output). False for checkpoints from before it existed.
+    "image_head": False,
     "mean": None,
     "std": None,
 }
@@ -220,6 +224,8 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             )
         if attention != "scse":
             raise ValueError(f"{KEY}.decoder_attention_type must be null or 'scse', got {attention!r}")
+    if not isinstance(out["image_head"], bool):
+        raise ValueError(f"{KEY}.image_head must be true or false, got {out['image_head']!r}")
     if isinstance(out["encoder_weights"], os.PathLike):
         out["encoder_weights"] = str(out["encoder_weights"])
     _weights_kind(out)
@@ -361,7 +367,8 @@ def timm_reference_shapes(model_name: str) -> OrderedDict[str, torch.Size]:
 # The network
 # ======================================================================================================
 class SteelNet(nn.Module):
-    """smp model + input normalisation: float (B, C, H, W) in [0, 1] -> (mask_logits, class_logits)."""
+    """smp model + input normalisation: float (B, C, H, W) in [0, 1] -> ``(mask_logits (B, K, H, W),
+    class_logits (B, K))``, plus ``image_logits (B,)`` ("image has any defect") with ``image_head``."""
 
     def __init__(self, model: nn.Module, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -376,6 +383,11 @@ class SteelNet(nn.Module):
         )
 
     @property
+    def image_head(self) -> bool:
+        """Whether the net returns a third output, the "image has any defect" logit."""
+        return bool(self.config.get("image_head", False))
+
+    @property
     def output_stride(self) -> int:
         """Input height and width must be multiples of this."""
         return int(self.model.encoder.output_stride)
@@ -385,7 +397,7 @@ class SteelNet(nn.Module):
         """Rebuild from a (resolved) config; ``weights=False`` loads no encoder weights and needs no network."""
         return build_model(cfg, load_weights=weights)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self._check_input(x)
         x = (x - self.mean) / self.std
@@ -396,7 +408,11 @@ class SteelNet(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
         mask_logits, class_logits = self.model(x)
-        return mask_logits[..., :h, :w], class_logits
+        mask_logits = mask_logits[..., :h, :w]
+        if self.image_head:
+            classes = mask_logits.shape[1]
+            return mask_logits, class_logits[:, :classes], class_logits[:, classes]
+        return mask_logits, class_logits
 
     def _check_input(self, x: torch.Tensor) -> None:
         channels = self.mean.shape[1]
@@ -427,7 +443,7 @@ def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
         in_channels=cfg["in_channels"],
         classes=cfg["classes"],
         aux_params={
-            "classes": cfg["classes"],
+            "classes": cfg["classes"] + int(cfg["image_head"]),
             "dropout": cfg["head_dropout"],
             "pooling": "avg",
             "activation": None,

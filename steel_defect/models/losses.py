@@ -1,4 +1,5 @@
-"""Segmentation + classification loss: BCE (or focal) and soft Dice on the mask channels, BCE on the class logits."""
+"""Segmentation + classification loss: BCE (or focal) and soft Dice on the mask channels, BCE on the class logits
+and, for a network with an image head, BCE of its logit on "image has any defect"."""
 
 from __future__ import annotations
 
@@ -56,11 +57,14 @@ def focal_loss_with_logits(
 
 
 class SegClsLoss(nn.Module):
-    """``bce_weight * mask BCE/focal + dice_weight * (1 - soft Dice) + cls_weight * class BCE``.
+    """``bce_weight * mask BCE/focal + dice_weight * (1 - soft Dice) + cls_weight * class BCE
+    [+ image_weight * image BCE]``.
 
-    ``forward(mask_logits (B,C,H,W), class_logits (B,C), mask (B,C,H,W) 0/1, labels (B,C) | None)`` returns
-    a dict of scalar tensors ``loss, loss_mask, loss_dice, loss_cls``. ``labels`` default to "mask non-empty".
-    ``pos_weight``/``cls_pos_weight`` are per-class positive weights for the mask/class BCE.
+    ``forward(mask_logits (B,C,H,W), class_logits (B,C), mask (B,C,H,W) 0/1, labels (B,C) | None,
+    image_logits (B,) | None)`` returns a dict of scalar tensors ``loss, loss_mask, loss_dice, loss_cls``
+    (+ ``loss_image`` when ``image_logits`` is given; its target is "any label", i.e. the image has a
+    defect). ``labels`` default to "mask non-empty". ``pos_weight``/``cls_pos_weight`` are per-class
+    positive weights for the mask/class BCE.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class SegClsLoss(nn.Module):
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         cls_weight: float = 0.5,
+        image_weight: float = 0.5,
         pos_weight: list[float] | None = None,
         cls_pos_weight: list[float] | None = None,
         mask_loss: str = "bce",
@@ -79,6 +84,7 @@ class SegClsLoss(nn.Module):
         self.bce_weight = _non_negative("bce_weight", bce_weight)
         self.dice_weight = _non_negative("dice_weight", dice_weight)
         self.cls_weight = _non_negative("cls_weight", cls_weight)
+        self.image_weight = _non_negative("image_weight", image_weight)
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"{KEY}.mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
         self.mask_loss = mask_loss
@@ -100,7 +106,7 @@ class SegClsLoss(nn.Module):
         self.register_buffer("pos_weight", pw, persistent=False)
         self.register_buffer("cls_pos_weight", cpw, persistent=False)
 
-    def _check(self, mask_logits, class_logits, mask, labels) -> None:
+    def _check(self, mask_logits, class_logits, mask, labels, image_logits=None) -> None:
         if mask_logits.ndim != 4 or mask.shape != mask_logits.shape:
             raise ValueError(
                 f"mask_logits {tuple(mask_logits.shape)} and mask {tuple(mask.shape)} must be equal (B, C, H, W)"
@@ -110,6 +116,8 @@ class SegClsLoss(nn.Module):
             raise ValueError(f"class_logits shape {tuple(class_logits.shape)} must be (B, C) = {(b, c)}")
         if labels is not None and labels.shape != (b, c):
             raise ValueError(f"labels shape {tuple(labels.shape)} must be (B, C) = {(b, c)}")
+        if image_logits is not None and image_logits.shape != (b,):
+            raise ValueError(f"image_logits shape {tuple(image_logits.shape)} must be (B,) = {(b,)}")
         for name, w in (("pos_weight", self.pos_weight), ("cls_pos_weight", self.cls_pos_weight)):
             if w is not None and w.numel() != c:
                 raise ValueError(f"{KEY}.{name} has {w.numel()} values but the network has {c} classes")
@@ -120,8 +128,9 @@ class SegClsLoss(nn.Module):
         class_logits: torch.Tensor,
         mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        image_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        self._check(mask_logits, class_logits, mask, labels)
+        self._check(mask_logits, class_logits, mask, labels, image_logits)
         mask_logits, class_logits, mask = mask_logits.float(), class_logits.float(), mask.float()
         labels = (mask.flatten(2).amax(2) > 0).float() if labels is None else labels.float()
         pos_weight = None if self.pos_weight is None else self.pos_weight.view(-1, 1, 1)
@@ -134,4 +143,9 @@ class SegClsLoss(nn.Module):
         loss_dice = 1.0 - soft_dice_per_pair(torch.sigmoid(mask_logits), mask, self.smooth).mean()
         loss_cls = F.binary_cross_entropy_with_logits(class_logits, labels, pos_weight=self.cls_pos_weight)
         loss = self.bce_weight * loss_mask + self.dice_weight * loss_dice + self.cls_weight * loss_cls
-        return {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice, "loss_cls": loss_cls}
+        out = {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice, "loss_cls": loss_cls}
+        if image_logits is not None:
+            has_defect = (labels > 0.5).any(dim=1).float()
+            out["loss_image"] = F.binary_cross_entropy_with_logits(image_logits.float(), has_defect)
+            out["loss"] = loss + self.image_weight * out["loss_image"]
+        return out

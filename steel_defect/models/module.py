@@ -21,8 +21,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+from torchmetrics.classification import (
+    BinaryAUROC,
+    MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+)
 
+from steel_defect.inference import split_outputs
 from steel_defect.metrics import KaggleDice
 from steel_defect.models.factory import SteelNet, build_model, resolve_config
 from steel_defect.models.losses import SegClsLoss
@@ -123,8 +129,13 @@ class SteelDefectModule(L.LightningModule):
     """Train/validate/test/predict one SteelNet (see the module docstring; all arguments are plain values).
 
     Logged: ``train/loss*``; ``val/loss*``, ``val/dice_raw[_c]`` (threshold 0.5), ``val/dice[_c]`` (after
-    post-processing with ``postprocess``; the monitored metric), ``val/cls_{precision,recall,f1}_c``;
-    ``test/`` mirrors ``val/``.
+    post-processing with ``postprocess``; the monitored metric), ``val/cls_{precision,recall,f1}_c``,
+    ``val/img_auroc_max_cls`` (max of the class head as an "image has a defect" score) and, with an image
+    head, ``val/img_auroc_head`` (+ ``loss_image``). ``test/`` mirrors ``val/`` but reports the Kaggle Dice
+    three ways: ``test/dice_raw[_c]``, ``test/dice_default[_c]`` (``postprocess``, i.e. the model's stored
+    post-processing) and ``test/dice_tuned[_c]`` with :attr:`tuned_postprocess` (set by the
+    :class:`~steel_defect.callbacks.TuneThresholds` callback from the thresholds.yaml it wrote; absent when
+    it is None).
     """
 
     def __init__(
@@ -173,26 +184,35 @@ class SteelDefectModule(L.LightningModule):
         self.net: SteelNet = build_model(net)
         classes = int(net["classes"])
         self.eval_metrics = torch.nn.ModuleDict(
-            {stage: self._make_metrics(classes, cls_threshold) for stage in ("val", "test")}
+            {
+                stage: self._make_metrics(classes, cls_threshold, dice, bool(net["image_head"]))
+                for stage, dice in (("val", ("dice",)), ("test", ("dice_default", "dice_tuned")))
+            }
         )
+        #: Post-processing tuned on the validation split, for ``test/dice_tuned`` (None: not logged). Not a
+        #: hyper-parameter: :class:`~steel_defect.callbacks.TuneThresholds` sets it at test start.
+        self.tuned_postprocess: PostprocessParams | None = None
         self._configured = False
 
     @staticmethod
-    def _make_metrics(classes: int, threshold: float) -> torch.nn.ModuleDict:
+    def _make_metrics(
+        classes: int, threshold: float, dice: tuple[str, ...], image_head: bool
+    ) -> torch.nn.ModuleDict:
         kw = {"num_labels": classes, "threshold": float(threshold), "average": None}
-        return torch.nn.ModuleDict(
+        metrics: dict[str, torch.nn.Module] = {"dice_raw": KaggleDice(num_classes=classes)}
+        metrics.update({name: KaggleDice(num_classes=classes) for name in dice})
+        metrics["cls"] = MetricCollection(
             {
-                "dice_raw": KaggleDice(num_classes=classes),
-                "dice": KaggleDice(num_classes=classes),
-                "cls": MetricCollection(
-                    {
-                        "precision": MultilabelPrecision(**kw),
-                        "recall": MultilabelRecall(**kw),
-                        "f1": MultilabelF1Score(**kw),
-                    }
-                ),
+                "precision": MultilabelPrecision(**kw),
+                "recall": MultilabelRecall(**kw),
+                "f1": MultilabelF1Score(**kw),
             }
         )
+        # How well each image-level score ranks "image has a defect" (what the image gate relies on).
+        metrics["img_auroc_max_cls"] = BinaryAUROC()
+        if image_head:
+            metrics["img_auroc_head"] = BinaryAUROC()
+        return torch.nn.ModuleDict(metrics)
 
     # --- setup ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -205,15 +225,18 @@ class SteelDefectModule(L.LightningModule):
         if self.hparams.compile:
             self.net.compile()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The net's outputs: ``(mask_logits, class_logits[, image_logits])``."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     # --- steps ------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        mask_logits, class_logits = self(batch["image"])
-        losses = self.criterion(mask_logits, class_logits, batch["mask"], batch.get("labels"))
+        mask_logits, class_logits, image_logits = split_outputs(self(batch["image"]))
+        losses = self.criterion(
+            mask_logits, class_logits, batch["mask"], batch.get("labels"), image_logits=image_logits
+        )
         n = batch["image"].shape[0]
         self.log(
             "train/loss",
@@ -234,10 +257,10 @@ class SteelDefectModule(L.LightningModule):
         return losses["loss"]
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
-        mask_logits, class_logits = self(batch["image"])
+        mask_logits, class_logits, image_logits = split_outputs(self(batch["image"]))
         mask = batch["mask"]
         labels = batch.get("labels")
-        losses = self.criterion(mask_logits, class_logits, mask, labels)
+        losses = self.criterion(mask_logits, class_logits, mask, labels, image_logits=image_logits)
         n = mask.shape[0]
         self.log_dict(
             {f"{stage}/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=n, sync_dist=True
@@ -246,30 +269,43 @@ class SteelDefectModule(L.LightningModule):
         target_labels = (target.flatten(2).any(2) if labels is None else labels > 0.5).int()
         mask_probs = torch.sigmoid(mask_logits.float())
         class_probs = torch.sigmoid(class_logits.float())
+        image_probs = None if image_logits is None else torch.sigmoid(image_logits.float())
         metrics = self.eval_metrics[stage]
         metrics["dice_raw"].update(mask_probs >= 0.5, target)
-        final = postprocess(
-            mask_probs.detach().cpu().numpy(), class_probs.detach().cpu().numpy(), self.pp_params
-        )
-        metrics["dice"].update(torch.from_numpy(final).to(target.device), target)
+        pp = {"dice": self.pp_params} if stage == "val" else {"dice_default": self.pp_params}
+        if stage == "test" and self.tuned_postprocess is not None:
+            pp["dice_tuned"] = self.tuned_postprocess
+        arrays = [
+            p.detach().cpu().numpy() if p is not None else None
+            for p in (mask_probs, class_probs, image_probs)
+        ]
+        for name, params in pp.items():
+            final = postprocess(arrays[0], arrays[1], params, image_probs=arrays[2])
+            metrics[name].update(torch.from_numpy(final).to(target.device), target)
         metrics["cls"].update(class_probs, target_labels)
+        has_defect = target_labels.any(dim=1).int()
+        metrics["img_auroc_max_cls"].update(class_probs.max(dim=1).values, has_defect)
+        if image_probs is not None:
+            metrics["img_auroc_head"].update(image_probs, has_defect)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Compute (synced over processes by torchmetrics), log and reset the epoch metrics of ``stage``."""
         metrics = self.eval_metrics[stage]
-        if not metrics["dice"].update_called:
+        if not metrics["dice_raw"].update_called:
             return
         values: dict[str, torch.Tensor] = {}
-        for key, value in metrics["dice_raw"].compute().items():
-            values[f"{stage}/{key.replace('dice', 'dice_raw', 1)}"] = value
-        for key, value in metrics["dice"].compute().items():
-            values[f"{stage}/{key}"] = value
+        for name, metric in metrics.items():
+            if name.startswith("dice") and metric.update_called:
+                for key, value in metric.compute().items():
+                    values[f"{stage}/{key.replace('dice', name, 1)}"] = value
+            elif name.startswith("img_auroc"):
+                values[f"{stage}/{name}"] = metric.compute()
         for name, per_class in metrics["cls"].compute().items():
             for c, v in enumerate(per_class):
                 values[f"{stage}/cls_{name}_{c + 1}"] = v
         # Values are already identical on every process; sync_dist only averages identical numbers.
-        main = values.pop(f"{stage}/dice")
-        self.log(f"{stage}/dice", main.float(), on_epoch=True, prog_bar=True, sync_dist=True)
+        main = f"{stage}/dice" if stage == "val" else f"{stage}/dice_default"
+        self.log(main, values.pop(main).float(), on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict({k: v.float() for k, v in values.items()}, on_epoch=True, sync_dist=True)
         for metric in metrics.values():
             metric.reset()
@@ -289,11 +325,13 @@ class SteelDefectModule(L.LightningModule):
     def predict_step(
         self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, Any]:
-        """Sigmoid probabilities: ``mask_probs`` (B, 4, H, W), ``class_probs`` (B, 4), and ``image_id``."""
-        mask_logits, class_logits = self(batch["image"])
+        """Sigmoid probabilities: ``mask_probs`` (B, 4, H, W), ``class_probs`` (B, 4), ``image_probs`` (B,)
+        (None without an image head), and ``image_id``."""
+        mask_logits, class_logits, image_logits = split_outputs(self(batch["image"]))
         return {
             "mask_probs": torch.sigmoid(mask_logits.float()),
             "class_probs": torch.sigmoid(class_logits.float()),
+            "image_probs": None if image_logits is None else torch.sigmoid(image_logits.float()),
             "image_id": list(batch.get("image_id", [])),
         }
 
