@@ -3,7 +3,7 @@
     .venv/bin/python bench/sim2real.py [--minutes 8] [--out logs/sim2real] [--real ../shared/data/severstal-real]
                                        [--skip-train] [-- extra train.py overrides ...]
 
-1. The training run writes the demo's synthetic set with the current generator (400 train, 60 test images,
+1. The training run writes the demo's synthetic set with the current generator (1,000 train, 60 test images,
    class-balanced; ``conf/experiment/demo_cpu.yaml``) into ``OUT/data``.
 2. Trains the ``make demo`` configuration (``experiment=demo_cpu``: offline-pretrained EfficientNet-Lite1
    U-Net, 256x320 crops) on it for a fixed CPU time budget (``--minutes``, default 8); thresholds are tuned at

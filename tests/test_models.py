@@ -342,3 +342,27 @@ def test_image_loss_term_matches_hand_computation_and_has_its_own_weight():
         SegClsLoss(image_weight=-0.5)
     with pytest.raises(ValueError, match=r"image_logits shape \(2, 1\) must be \(B,\) = \(2,\)"):
         SegClsLoss()(mask_logits, class_logits, mask, image_logits=torch.zeros(2, 1))
+
+
+def test_input_scale_runs_the_net_on_a_pooled_input_and_upsamples_the_masks():
+    """input_scale=0.5: the smp model sees the 2x2-average-pooled image, the mask logits are its output
+    upsampled (bilinear) to the input size; the stride doubles; bad values are refused with the choices."""
+    torch.manual_seed(0)
+    full = build_model({**TINY, "classes": 3})
+    half = build_model({**TINY, "classes": 3, "input_scale": 0.5})
+    half.load_state_dict(full.state_dict())
+    half.eval()
+    assert resolve_config(TINY)["input_scale"] == 1.0 and half.config["input_scale"] == 0.5
+    assert half.output_stride == 2 * full.output_stride == 64
+    x = torch.rand(2, 3, 128, 192)
+    with torch.no_grad():
+        mask, cls = half(x)
+        inner_mask, inner_cls = half.model((F.avg_pool2d(x, 2) - half.mean) / half.std)
+    assert mask.shape == (2, 3, 128, 192) and cls.shape == (2, 3)
+    expected = F.interpolate(inner_mask, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(mask, expected, atol=1e-6) and torch.allclose(cls, inner_cls, atol=1e-6)
+    with torch.no_grad():  # any size still works: padded to the (doubled) stride and cropped back
+        assert half(torch.rand(1, 3, 70, 100))[0].shape == (1, 3, 70, 100)
+    for bad in (0.3, True, "half", 2.0):
+        with pytest.raises(ValueError, match=r"model\.net\.input_scale must be one of 1\.0, 0\.5, 0\.25"):
+            resolve_config({**TINY, "input_scale": bad})

@@ -70,9 +70,15 @@ NET_DEFAULTS: dict[str, Any] = {
     "decoder_attention_type": None,
     # A dedicated "image has any defect" logit (third output). False for checkpoints from before it existed.
     "image_head": False,
+    # Run the network on the input shrunk by this factor (1, 1/2 or 1/4: average pooling) and upsample
+    # the mask logits back (bilinear): 4x / 16x less compute for CPU demos; 1 = full resolution.
+    "input_scale": 1.0,
     "mean": None,
     "std": None,
 }
+
+#: Allowed ``input_scale`` values: the input is average-pooled by 1 / input_scale (an integer).
+INPUT_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25)
 
 #: Top-level module names of classifier heads that smp-native encoders delete (their keys may be in a file).
 _NATIVE_HEAD_MODULES = ("fc", "_fc", "last_linear", "classifier", "head", "linear")
@@ -226,6 +232,12 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{KEY}.decoder_attention_type must be null or 'scse', got {attention!r}")
     if not isinstance(out["image_head"], bool):
         raise ValueError(f"{KEY}.image_head must be true or false, got {out['image_head']!r}")
+    scale = out["input_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or float(scale) not in INPUT_SCALES:
+        raise ValueError(
+            f"{KEY}.input_scale must be one of {', '.join(map(str, INPUT_SCALES))}, got {scale!r}"
+        )
+    out["input_scale"] = float(scale)
     if isinstance(out["encoder_weights"], os.PathLike):
         out["encoder_weights"] = str(out["encoder_weights"])
     _weights_kind(out)
@@ -388,9 +400,14 @@ class SteelNet(nn.Module):
         return bool(self.config.get("image_head", False))
 
     @property
+    def _pool(self) -> int:
+        """Average-pooling factor applied to the input (1 / input_scale)."""
+        return round(1.0 / float(self.config.get("input_scale", 1.0)))
+
+    @property
     def output_stride(self) -> int:
-        """Input height and width must be multiples of this."""
-        return int(self.model.encoder.output_stride)
+        """Input height and width must be multiples of this (the encoder's stride times the pooling)."""
+        return int(self.model.encoder.output_stride) * self._pool
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], weights: bool = False) -> SteelNet:
@@ -407,7 +424,12 @@ class SteelNet(nn.Module):
         pad_h, pad_w = (-h) % self.output_stride, (-w) % self.output_stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
+        pool = self._pool
+        if pool > 1:
+            x = F.avg_pool2d(x, pool)
         mask_logits, class_logits = self.model(x)
+        if pool > 1:
+            mask_logits = F.interpolate(mask_logits, scale_factor=pool, mode="bilinear", align_corners=False)
         mask_logits = mask_logits[..., :h, :w]
         if self.image_head:
             classes = mask_logits.shape[1]
