@@ -360,7 +360,9 @@ def test_input_scale_runs_the_net_on_a_pooled_input_and_upsamples_the_masks():
         inner_mask, inner_cls = half.model((F.avg_pool2d(x, 2) - half.mean) / half.std)
     assert mask.shape == (2, 3, 128, 192) and cls.shape == (2, 3)
     expected = F.interpolate(inner_mask, scale_factor=2, mode="bilinear", align_corners=False)
-    assert torch.allclose(mask, expected, atol=1e-6) and torch.allclose(cls, inner_cls, atol=1e-6)
+    # pooling before vs after the normalisation differs by float rounding only
+    assert torch.allclose(mask, expected, atol=1e-4) and torch.allclose(cls, inner_cls, atol=1e-4)
+    assert not torch.allclose(mask, F.interpolate(inner_mask, scale_factor=2, mode="nearest"), atol=1e-3)
     with torch.no_grad():  # any size still works: padded to the (doubled) stride and cropped back
         assert half(torch.rand(1, 3, 70, 100))[0].shape == (1, 3, 70, 100)
     for bad in (0.3, True, "half", 2.0):
