@@ -71,19 +71,23 @@ def tiny_run(base: Path) -> dict[str, Path]:
     data, run_dir = base / "data", base / "run"
     generate_dataset(data, n_train=8, n_test=4, seed=5, shape=SHAPE)
     frame = load_annotations(data, shape=SHAPE)
-    torch.manual_seed(0)
-    module = SteelDefectModule(net=dict(TINY_NET))
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, DataLoader(SteelDataset(frame, data / "train_images"), batch_size=4))
-    a = run_dir / "checkpoints" / "epoch_000.ckpt"
-    trainer.save_checkpoint(a)
+
+    def one_step_checkpoint(net: dict, seed: int, path: Path) -> Path:
+        torch.manual_seed(seed)
+        trainer = L.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        module = SteelDefectModule(net=net)
+        trainer.fit(module, DataLoader(SteelDataset(frame, data / "train_images"), batch_size=4))
+        trainer.save_checkpoint(path)
+        return path
+
+    a = one_step_checkpoint(dict(TINY_NET), 0, run_dir / "checkpoints" / "epoch_000.ckpt")
     # A second, different checkpoint for ensembles: same file, every float weight perturbed.
     ckpt = torch.load(a, weights_only=True)
     gen = torch.Generator().manual_seed(1)
@@ -93,19 +97,9 @@ def tiny_run(base: Path) -> dict[str, Path]:
     }
     b = run_dir / "checkpoints" / "other.ckpt"
     torch.save(ckpt, b)
-    torch.manual_seed(1)
-    module = SteelDefectModule(net={**TINY_NET, "image_head": True})
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    head = one_step_checkpoint(
+        {**TINY_NET, "image_head": True}, 1, run_dir / "head" / "checkpoints" / "epoch_000.ckpt"
     )
-    trainer.fit(module, DataLoader(SteelDataset(frame, data / "train_images"), batch_size=4))
-    head = run_dir / "head" / "checkpoints" / "epoch_000.ckpt"
-    trainer.save_checkpoint(head)
     ids = frame["ImageId"].tolist()
     save_split({"train": ids[:4], "val": ids[4:]}, run_dir / "split.json")
     _RUNS[key] = {"data": data, "run": run_dir, "a": a, "b": b, "head": head}
