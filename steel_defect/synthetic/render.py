@@ -133,14 +133,15 @@ def _steel(rng: np.random.Generator, g: _Geom, tex: dict) -> np.ndarray:
 def _stains(rng: np.random.Generator, g: _Geom, img: np.ndarray, strength: float) -> None:
     """Unlabelled look-alikes of real sheets: dark vertical stains and (rarely) bright white splashes."""
     h, w = g.h, g.w
-    for _ in range(int(rng.choice([0, 0, 1, 2, 3, 5, 8]))):
-        sh = int(np.clip(rng.uniform(40, 256) * g.sy, 4, h))
-        sw = int(np.clip(rng.uniform(8, 70) * g.sx, 4, w))
+    # Dark vertical stains are on most real sheets and carry no label: many, often the full height.
+    for _ in range(int(rng.choice([0, 1, 2, 3, 4, 6, 8, 12]))):
+        sh = int(np.clip((256 if rng.random() < 0.4 else rng.uniform(40, 256)) * g.sy, 4, h))
+        sw = int(np.clip(rng.uniform(6, 70) * g.sx, 4, w))
         f = _field(rng, sh, sw, max(2, sh // max(1, round(24 * g.sy))), max(2, sw // max(1, round(6 * g.sx))))
         taper = np.sqrt(np.clip(np.sin(np.linspace(0, math.pi, sw, dtype=np.float32)), 0, 1))[None, :]
         shape = np.clip(f * taper - rng.uniform(0.0, 0.6), 0, None)
         y0, x0 = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
-        img[y0 : y0 + sh, x0 : x0 + sw] -= shape * np.float32(rng.uniform(0.6, 1.6) * max(strength, 8.0))
+        img[y0 : y0 + sh, x0 : x0 + sw] -= shape * np.float32(rng.uniform(0.8, 2.0) * max(strength, 10.0))
     if rng.random() < 0.12:
         n = int(rng.integers(3, 12))
         cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.2, 0.8) * h
@@ -284,7 +285,22 @@ def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -
         amp = rng.uniform(20, 55)
         delta += region * (np.float32(sign * amp * 0.6) + rough * np.float32(amp * 0.7))
         delta += _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(6, 16)) * region
-        return delta
+        # bright scratch strokes across the patch, as on real class-3 patches
+        strokes = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(0, 8))):
+            x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+            length, angle = rng.uniform(0.2, 0.6) * w, rng.normal(0.0, 0.25)
+            x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
+            thick = max(1, round(rng.uniform(1.0, 3.5) * g.s))
+            cv2.line(
+                strokes,
+                (int(x0), int(y0)),
+                (int(x1), int(y1)),
+                float(rng.uniform(50, 120)),
+                thick,
+                cv2.LINE_AA,
+            )
+        return delta + cv2.GaussianBlur(strokes, (0, 0), 0.7) * region
     # class 4: a dark rough pit region with a bright, speckled rim
     core = cv2.erode(poly_mask, np.ones((3, 3), np.uint8), iterations=max(1, round(4 * g.s)))
     if not core.any():
