@@ -191,7 +191,7 @@ def _apply_band(rng: np.random.Generator, g: _Geom, img: np.ndarray, alpha: np.n
         cv2.scaleAdd(rim, float(rng.uniform(30, 110)), img, dst=img)
     dark = rng.random(img.shape, dtype=np.float32)
     cv2.multiply(img, alpha, dst=img)
-    cv2.scaleAdd(dark, float(rng.uniform(0.5, 2.5)), img - img + np.float32(rng.uniform(0.0, 3.0)), dst=dark)
+    cv2.scaleAdd(dark, float(rng.uniform(0.5, 2.5)), np.full_like(dark, rng.uniform(0.0, 3.0)), dst=dark)
     cv2.multiply(dark, 1.0 - alpha, dst=dark)
     img += dark
 
