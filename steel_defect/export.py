@@ -281,6 +281,16 @@ class OnnxNet(nn.Module):
         self.output_stride = int(self.meta.get("output_stride", 32))
         self.config = self.meta.get("net")
 
+    @property
+    def source_fingerprint(self) -> str | None:
+        """Fingerprint of the checkpoint this model was exported from (see :mod:`steel_defect.fingerprint`)."""
+        return (self.meta.get("meta") or {}).get("fingerprint")
+
+    @property
+    def tuned_thresholds(self) -> dict[str, Any] | None:
+        """The tuned post-processing stored at export (``params``, ``fingerprints``, ``tta``, ``source``)."""
+        return (self.meta.get("meta") or {}).get("tuned_thresholds")
+
     def extra_repr(self) -> str:
         width = "dynamic" if self.width is None else self.width
         return f"path={str(self.path)!r}, height={self.height}, width={width}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -146,7 +147,7 @@ def collect_tuning_stats(
 ):
     """Run the network(s) over a labelled loader and accumulate :class:`TuningStats` (memory-light; with
     the image head's probabilities when every net has one)."""
-    from steel_defect.postprocess import TuningStats
+    from steel_defect.tuning import TuningStats
 
     stats = TuningStats(**stats_kwargs)
     for batch, mask_probs, class_probs, image_probs in iter_probabilities(nets, loader, device, tta, amp):
@@ -157,10 +158,6 @@ def collect_tuning_stats(
             None if image_probs is None else image_probs.cpu().numpy(),
         )
     return stats
-
-
-def as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 # ======================================================================================================
@@ -250,7 +247,7 @@ def read_submission(path: str | os.PathLike) -> Any:
 # ======================================================================================================
 # Configuration (conf/predict.yaml)
 # ======================================================================================================
-TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "export")
+TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "export")
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 THRESHOLD_MODES: tuple[str, ...] = ("auto", "defaults", "raw")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx",)
@@ -273,6 +270,9 @@ DEFAULTS: dict[str, Any] = {
     "overlays": 0,
     "overlays_dir": "overlays",
     "runtime": "torch",
+    "check_thresholds": True,
+    "pix_modes": ["plain"],
+    "pseudo": {"t_pos": 0.95, "t_neg": 0.05},
     "export": {
         "format": "onnx",
         "out": None,
@@ -305,6 +305,9 @@ class PredictConfig:
     overlays: int
     overlays_dir: Path
     runtime: str
+    check_thresholds: bool = True
+    pix_modes: tuple[str, ...] = ("plain",)
+    pseudo: dict[str, float] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
 
 
@@ -353,6 +356,9 @@ def _merge(defaults: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = ""
 
 def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
     """Validate a plain ``predict.yaml`` dict early; every error names the key and the valid choices."""
+    from steel_defect.pseudo import PseudoRule
+    from steel_defect.tuning import check_pix_modes
+
     c = _merge(DEFAULTS, cfg)
     task = _choice("task", c["task"], TASKS)
     ckpt = c["ckpt"]
@@ -409,6 +415,9 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
         overlays=_int("overlays", c["overlays"], 0),
         overlays_dir=_path("overlays_dir", c["overlays_dir"]) or Path("overlays"),
         runtime=_choice("runtime", c["runtime"], RUNTIMES),
+        check_thresholds=_bool("check_thresholds", c["check_thresholds"]),
+        pix_modes=tuple(check_pix_modes(c["pix_modes"])),
+        pseudo=dataclasses.asdict(PseudoRule.from_dict(c["pseudo"])),
         export={
             "format": exp["format"],
             "out": _path("export.out", exp["out"]),
@@ -501,6 +510,9 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
         beside = Path(ckpt).parent / THRESHOLDS_FILE
         if beside.is_file():
             return load_thresholds(beside, num_classes), str(beside)
+        if meta and meta.get("tuned_thresholds"):  # an ONNX model exported with its tuned thresholds
+            tuned = meta["tuned_thresholds"]
+            return PostprocessParams.from_dict(tuned["params"], num_classes), f"{STORED_TUNED} {ckpt}"
         if meta and meta.get("postprocess"):
             return PostprocessParams.from_dict(meta["postprocess"], num_classes), f"stored in {ckpt}"
         return PostprocessParams.notebook_defaults(), "the notebook's defaults"
@@ -510,6 +522,55 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
             f"thresholds={mode!r}: no such file (use {', '.join(THRESHOLD_MODES)} or a path to a thresholds.yaml)"
         )
     return load_thresholds(path, num_classes), str(path)
+
+
+STORED_TUNED = "tuned thresholds stored in"
+
+
+def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """What the thresholds of ``source`` (from :func:`resolve_thresholds`) were tuned for: ``{"fingerprints",
+    "tta"}`` from a thresholds.yaml's meta or an ONNX model's stored thresholds; None when unknown (defaults,
+    raw, the checkpoint's own post-processing, or a file written before fingerprints existed)."""
+    import yaml
+
+    if source.startswith(STORED_TUNED):
+        tuned = (meta or {}).get("tuned_thresholds") or {}
+        return {"fingerprints": tuned.get("fingerprints"), "tta": tuned.get("tta") or []}
+    path = Path(source)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    file_meta = doc.get("meta") if isinstance(doc, Mapping) else None
+    if not isinstance(file_meta, Mapping) or not file_meta.get("fingerprints"):
+        return None
+    return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta.get("tta") or [])}
+
+
+def check_thresholds_binding(
+    source: str,
+    meta: Mapping[str, Any] | None,
+    nets: Sequence[torch.nn.Module],
+    tta: Sequence[str],
+    ckpts: Sequence[Any] = (),
+) -> None:
+    """Refuse thresholds tuned for other weights (content fingerprints) or another TTA than this run's."""
+    from steel_defect.fingerprint import net_fingerprint
+
+    binding = thresholds_binding(source, meta)
+    if binding is None or not binding["fingerprints"]:
+        return
+    want, have = sorted(binding["fingerprints"]), sorted(str(net_fingerprint(n)) for n in nets)
+    problems = []
+    if want != have:
+        problems.append(f"they were tuned for weights {want}, but {[str(p) for p in ckpts]} are {have}")
+    if list(binding["tta"]) != list(tta):
+        problems.append(f"they were tuned with tta={list(binding['tta'])}, this run uses tta={list(tta)}")
+    if problems:
+        raise ValueError(
+            f"thresholds from {source}: {'; '.join(problems)}. Re-tune them for what you predict with "
+            "(python predict.py task=tune ckpt=[...] tta=[...], or task=tune_oof for k-fold checkpoints), use "
+            "thresholds=defaults or thresholds=raw, or check_thresholds=false to use them anyway"
+        )
 
 
 def check_thresholds_for_nets(
@@ -836,6 +897,8 @@ def _setup(
     nets, metas = load_nets(c.ckpt, device, c.runtime)
     params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
     check_thresholds_for_nets(params, nets, source, c.ckpt)
+    if c.check_thresholds and c.task not in ("tune", "tune_oof"):
+        check_thresholds_binding(source, metas[0], nets, c.tta, c.ckpt)
     amp = c.amp and device.type == "cuda" and c.runtime == "torch"
     return device, nets, metas, params, source, amp
 
@@ -906,21 +969,62 @@ def run_predict(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     return summary
 
 
-def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
-    """task=tune: search t_pix, t_cls, min_area per class on the validation split; write thresholds.yaml."""
-    from rich.console import Console
+def _tuning_sources(c: PredictConfig) -> tuple[Path, Path]:
+    """The labelled images folder and label csv of task=tune / tune_oof (defaults under data.root)."""
+    images = _images_dir(c, "train_images")
+    labels = c.labels
+    if labels is None:
+        if c.root is None:
+            raise ValueError(f"task={c.task} needs data.root (for train.csv) or data.labels=CSV")
+        labels = c.root / "train.csv"
+    if not labels.is_file():
+        raise FileNotFoundError(f"data.labels: label csv not found: {labels}")
+    return images, labels
+
+
+def labelled_loader(
+    ids: Sequence[str],
+    images: Path,
+    labels: Path,
+    split_path: Path,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+) -> Any:
+    """A loader over the labelled images ``ids`` (from ``split_path``) at full size, no augmentation."""
+    import pandas as pd
     from torch.utils.data import DataLoader
 
     from steel_defect.data.annotations import RLE_COLUMNS, read_train_csv
     from steel_defect.data.dataset import SteelDataset
-    from steel_defect.data.splits import load_split
     from steel_defect.data.transforms import build_transforms
-    from steel_defect.postprocess import (
-        PostprocessParams,
-        format_tuning_report,
-        save_thresholds,
-        tune_thresholds,
+
+    missing = [i for i in ids if not (images / i).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{split_path}: {len(missing)} validation images are not in {images}, e.g. {missing[:3]}"
+        )
+    frame = pd.DataFrame({"ImageId": list(ids)}).merge(
+        read_train_csv(labels, validate_rle=False), on="ImageId", how="left"
     )
+    frame[RLE_COLUMNS] = frame[RLE_COLUMNS].fillna("")
+    return DataLoader(
+        SteelDataset(frame, images, build_transforms("val")),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
+    """task=tune: search t_pix, t_cls, min_area per class on the validation split; write thresholds.yaml."""
+    from rich.console import Console
+
+    from steel_defect.data.splits import load_split
+    from steel_defect.fingerprint import net_fingerprint
+    from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.tuning import format_tuning_report, stats_for, tune_thresholds
 
     console = console if console is not None else Console()
     split_path = c.split if c.split is not None else c.ckpt[0].resolve().parent.parent / "split.json"
@@ -931,43 +1035,20 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     ids = list(load_split(split_path)["val"])
     if not ids:
         raise ValueError(f"{split_path}: the validation split is empty")
-    images = _images_dir(c, "train_images")
-    labels = c.labels
-    if labels is None:
-        if c.root is None:
-            raise ValueError("task=tune needs data.root (for train.csv) or data.labels=CSV")
-        labels = c.root / "train.csv"
-    if not labels.is_file():
-        raise FileNotFoundError(f"data.labels: label csv not found: {labels}")
-    missing = [i for i in ids if not (images / i).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{split_path}: {len(missing)} validation images are not in {images}, e.g. {missing[:3]}"
-        )
-    import pandas as pd
-
-    frame = pd.DataFrame({"ImageId": ids}).merge(
-        read_train_csv(labels, validate_rle=False), on="ImageId", how="left"
-    )
-    frame[RLE_COLUMNS] = frame[RLE_COLUMNS].fillna("")
+    images, labels = _tuning_sources(c)
     device, nets, metas, _, _, amp = _setup(c)
-    loader = DataLoader(
-        SteelDataset(frame, images, build_transforms("val")),
-        batch_size=c.batch_size,
-        shuffle=False,
-        num_workers=c.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device)
     base = PostprocessParams.from_dict(metas[0]["postprocess"]) if metas[0].get("postprocess") else None
+    kwargs = stats_for(base, c.pix_modes)
     with _progress(_stderr_console()) as progress:
-        task = progress.add_task("tune", total=len(frame), rate="")
+        task = progress.add_task("tune", total=len(ids), rate="")
 
         def tracked() -> Iterator[dict]:
             for batch in loader:
                 yield batch
                 progress.update(task, advance=len(batch["image_id"]))
 
-        stats = collect_tuning_stats(nets, tracked(), device=device, tta=c.tta, amp=amp)
+        stats = collect_tuning_stats(nets, tracked(), device=device, tta=c.tta, amp=amp, **kwargs)
     params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
     path = c.ckpt[0].parent / THRESHOLDS_FILE
     save_thresholds(
@@ -977,7 +1058,9 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
         meta={
             "checkpoint": c.ckpt[0].name,
             "checkpoints": [str(p) for p in c.ckpt],
+            "fingerprints": [net_fingerprint(n) for n in nets],
             "tta": list(c.tta),
+            "pix_modes": list(c.pix_modes),
             "split": str(split_path),
             "labels": str(labels),
         },
@@ -992,6 +1075,7 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     from rich.console import Console
 
     from steel_defect.export import export_onnx
+    from steel_defect.fingerprint import net_fingerprint
 
     console = console if console is not None else Console()
     if len(c.ckpt) != 1:
@@ -1000,6 +1084,13 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
         raise ValueError("task=export reads a training checkpoint: use runtime=torch")
     nets, metas = load_nets(c.ckpt, "cpu", "torch")
     out = c.export["out"] or c.ckpt[0].with_suffix(".onnx")
+    meta = {**metas[0], "fingerprint": net_fingerprint(nets[0])}
+    params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
+    binding = thresholds_binding(source, metas[0])
+    if binding is not None:  # tuned thresholds travel inside the model
+        if c.check_thresholds:
+            check_thresholds_binding(source, metas[0], nets, binding["tta"], c.ckpt)
+        meta["tuned_thresholds"] = {"params": params.to_dict(), "source": source, **binding}
     path = export_onnx(
         nets[0],
         out,
@@ -1007,10 +1098,11 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
         width=c.export["width"],
         opset=c.export["opset"],
         dynamic_width=c.export["dynamic_width"],
-        meta=metas[0],
+        meta=meta,
     )
-    console.print(f"exported {c.ckpt[0]} to {path}", highlight=False, soft_wrap=True)
-    return {"onnx": str(path)}
+    stored = f"; tuned thresholds from {source} stored in its metadata" if binding is not None else ""
+    console.print(f"exported {c.ckpt[0]} to {path}{stored}", highlight=False, soft_wrap=True)
+    return {"onnx": str(path), "thresholds": source if binding is not None else None}
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -1020,4 +1112,12 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return run_predict(c)
     if c.task == "tune":
         return run_tune(c)
+    if c.task == "tune_oof":
+        from steel_defect.folds import run_tune_oof
+
+        return run_tune_oof(c)
+    if c.task == "pseudo":
+        from steel_defect.pseudo import run_pseudo
+
+        return run_pseudo(c)
     return run_export(c)

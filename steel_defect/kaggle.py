@@ -18,7 +18,8 @@ with :func:`steel_defect.inference.predict_images` (the function behind ``predic
 Dependency wheels are rebuilt offline from the packages installed in this environment (their RECORD files,
 with every hash verified); ``download=true`` fetches them with ``pip wheel --no-deps`` instead (network).
 
-Keys: ``ckpt`` (required; ``a,b`` or ``[a,b]``), ``out`` (required), ``thresholds`` (auto | none | PATH),
+Keys: ``ckpt`` (required; ``a,b`` or ``[a,b]``), ``out`` (required), ``thresholds`` (auto: the tuned
+thresholds.yaml beside the first checkpoint, refused when there is none | PATH | defaults | raw),
 ``wheels`` (replaces the default list), ``extra_wheels`` (added to it), ``input``, ``output``, ``download``,
 ``overwrite``, ``batch_size``, ``num_workers``, ``tta``, ``device``, ``amp``, ``project_wheel`` (a prebuilt
 project wheel instead of building this checkout).
@@ -368,6 +369,33 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 # ======================================================================================================
 # Kernel
 # ======================================================================================================
+#: What the kernel needs from Kaggle's own environment (the rest is bundled): checked at kernel start.
+RUNTIME_PACKAGES: tuple[str, ...] = (
+    "torch",
+    "timm",
+    "segmentation-models-pytorch",
+    "numpy",
+    "opencv-python-headless",
+)
+
+
+def runtime_requirements(bundled: Sequence[str]) -> dict[str, Any]:
+    """``{"python": spec, "packages": {name: spec}}`` from this project's metadata for the kernel's start-up
+    check: the Python version and every :data:`RUNTIME_PACKAGES` entry not shipped as a bundled wheel
+    (``opencv-python-headless`` also accepts Kaggle's ``opencv-python``)."""
+    dist = metadata.distribution(PROJECT)
+    specs: dict[str, str] = {}
+    for line in dist.requires or []:
+        if ";" in line:  # extras and markers: not needed by the kernel
+            continue
+        m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", line)
+        if m:
+            specs[m.group(1).lower()] = m.group(2).strip().strip("()")
+    skip = {b.lower() for b in bundled}
+    packages = {n: specs.get(n, "") for n in RUNTIME_PACKAGES if n not in skip}
+    return {"python": dist.metadata.get("Requires-Python") or "", "packages": packages}
+
+
 def kernel_source(settings: Mapping[str, Any]) -> str:
     """The kernel script: the template in ``steel_defect/kaggle_kernel.py`` with ``SETTINGS`` filled in."""
     template = _TEMPLATE.read_text(encoding="utf-8")
@@ -411,6 +439,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
     from steel_defect.inference import (
+        check_thresholds_binding,
         check_thresholds_for_nets,
         format_summary,
         load_nets,
@@ -429,10 +458,16 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
     device = resolve_device(str(settings["device"]))
     nets, metas = load_nets(ckpts, device, "torch")
     thresholds = settings.get("thresholds")
-    params, source = resolve_thresholds(
-        str(bundle / thresholds) if thresholds else "auto", ckpts[0], metas[0]
+    mode = (
+        thresholds
+        if thresholds in ("defaults", "raw")
+        else str(bundle / thresholds)
+        if thresholds
+        else "auto"
     )
+    params, source = resolve_thresholds(mode, ckpts[0], metas[0])
     check_thresholds_for_nets(params, nets, source, ckpts)
+    check_thresholds_binding(source, metas[0], nets, list(settings["tta"]), ckpts)
     amp = bool(settings["amp"]) and device.type == "cuda"
     summary = predict_images(
         nets,
@@ -555,17 +590,30 @@ def build_bundle(
     from steel_defect.inference import check_tta
 
     check_tta(tta)
-    thresholds = opt["thresholds"]
-    if thresholds is None or str(thresholds).lower() in ("none", "null", ""):
-        thresholds_src = None
-    elif str(thresholds) == "auto":
+    thresholds = "" if opt["thresholds"] is None else str(opt["thresholds"]).strip()
+    mode = None  # "defaults" / "raw": no file, the kernel uses that mode
+    if thresholds in ("defaults", "raw"):
+        thresholds_src, mode = None, thresholds
+    elif thresholds == "auto":
         beside = ckpts[0].parent / THRESHOLDS_NAME
-        thresholds_src = beside if beside.is_file() else None
+        if not beside.is_file():
+            raise FileNotFoundError(
+                f"thresholds=auto: no tuned {THRESHOLDS_NAME} beside {ckpts[0]}; tune them first (python "
+                "predict.py task=tune ckpt=..., or task=tune_oof for k-fold checkpoints), give thresholds=PATH, "
+                "or bundle untuned post-processing on purpose with thresholds=defaults (the notebook's) or "
+                "thresholds=raw"
+            )
+        thresholds_src = beside
+    elif thresholds in ("", "none", "null"):
+        raise ValueError(
+            f"thresholds={opt['thresholds']!r}: say which post-processing the kernel uses: auto (the tuned "
+            f"{THRESHOLDS_NAME} beside the first checkpoint), a thresholds.yaml path, defaults or raw"
+        )
     else:
         thresholds_src = Path(thresholds)
         if not thresholds_src.is_file():
             raise FileNotFoundError(
-                f"thresholds={thresholds}: no such file (auto, none or a thresholds.yaml path)"
+                f"thresholds={thresholds}: no such file (auto, defaults, raw or a thresholds.yaml path)"
             )
     if thresholds_src is not None:
         from steel_defect.postprocess import load_thresholds
@@ -619,9 +667,10 @@ def build_bundle(
             "input": str(opt["input"]),
             "output": str(opt["output"]),
             "checkpoints": [f"checkpoints/{n}" for n in names],
-            "thresholds": THRESHOLDS_NAME if thresholds_src is not None else None,
+            "thresholds": THRESHOLDS_NAME if thresholds_src is not None else mode,
             "wheels_dir": "wheels",
             "requirements": requirements,
+            "runtime": runtime_requirements([w["name"] for w in wheel_info]),
             "batch_size": _as_int("batch_size", opt["batch_size"], 1),
             "num_workers": _as_int("num_workers", opt["num_workers"], 0),
             "tta": tta,
@@ -680,7 +729,7 @@ def build_bundle(
 # CLI
 # ======================================================================================================
 USAGE = (
-    "usage: python -m steel_defect.kaggle bundle ckpt=PATH[,PATH2] out=DIR [thresholds=auto|none|PATH]\n"
+    "usage: python -m steel_defect.kaggle bundle ckpt=PATH[,PATH2] out=DIR [thresholds=auto|PATH|defaults|raw]\n"
     "       [wheels=a,b] [extra_wheels=c] [input=DIR] [output=CSV] [download=false] [overwrite=false]\n"
     "       [batch_size=4] [num_workers=2] [tta=[hflip]] [device=auto] [amp=true] [project_wheel=WHL]"
 )

@@ -24,6 +24,7 @@ SETTINGS = {
     "thresholds": None,
     "wheels_dir": "wheels",
     "requirements": [],
+    "runtime": {"python": "", "packages": {}},
     "batch_size": 4,
     "num_workers": 2,
     "tta": [],
@@ -77,6 +78,74 @@ def verify_files(bundle, manifest):
             )
 
 
+def _version_tuple(text):
+    """Leading numeric release of a version string: '2.15.0+cu121' -> (2, 15, 0)."""
+    parts = []
+    for piece in str(text).split("+")[0].split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def satisfies(version, spec):
+    """Whether ``version`` meets a comma-separated specifier such as '>=2.15,<3' (>=, >, <=, <, ==, !=)."""
+    ops = {
+        ">=": lambda a, b: a >= b,
+        "<=": lambda a, b: a <= b,
+        "==": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        ">": lambda a, b: a > b,
+        "<": lambda a, b: a < b,
+    }
+    have = _version_tuple(version)
+    for clause in filter(None, (c.strip() for c in str(spec).split(","))):
+        op = next(o for o in (">=", "<=", "==", "!=", ">", "<") if clause.startswith(o))
+        want = _version_tuple(clause[len(op) :].strip())
+        width = max(len(have), len(want))
+        if not ops[op](have + (0,) * (width - len(have)), want + (0,) * (width - len(want))):
+            return False
+    return True
+
+
+def check_runtime(settings, python_version=None, version_of=None):
+    """Stop at start, with one error naming every problem, when this environment's Python or an unbundled
+    package (torch, timm, ...) does not meet the bundle's requirements."""
+    from importlib import metadata
+
+    def installed(name):
+        for candidate in (name, "opencv-python") if name == "opencv-python-headless" else (name,):
+            try:
+                return metadata.version(candidate)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    version_of = version_of or installed
+    python_version = python_version or ".".join(map(str, sys.version_info[:3]))
+    runtime = settings.get("runtime") or {}
+    problems = []
+    if runtime.get("python") and not satisfies(python_version, runtime["python"]):
+        problems.append(f"Python {python_version} (needs {runtime['python']})")
+    for name, spec in sorted((runtime.get("packages") or {}).items()):
+        version = version_of(name)
+        if version is None:
+            problems.append(f"{name} is not installed (needs {spec or 'any version'})")
+        elif spec and not satisfies(version, spec):
+            problems.append(f"{name} {version} (needs {spec})")
+    if problems:
+        raise RuntimeError(
+            "this environment cannot run the bundle: " + "; ".join(problems) + ". Pick a Kaggle environment "
+            "that has them (notebook settings: 'Environment: latest'), or rebuild the bundle with the missing "
+            "packages as wheels (python -m steel_defect.kaggle bundle ... extra_wheels=NAME)"
+        )
+
+
 def install(bundle, settings):
     """pip install the pinned bundled wheels with no index and no dependency resolution."""
     cmd = [
@@ -110,6 +179,7 @@ def main():
     for key, env in ENV_OVERRIDES.items():
         if os.environ.get(env):
             settings[key] = os.environ[env]
+    check_runtime(settings)
     bundle = find_bundle(settings["manifest"])
     manifest = json.loads((bundle / settings["manifest"]).read_text(encoding="utf-8"))
     verify_files(bundle, manifest)

@@ -282,3 +282,38 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     assert len(sub) == 4 * len(list(images.glob("*.jpg")))
     assert (sub["EncodedPixels"] != "").sum() >= 4, "the comparison needs non-empty masks"
     assert torch_csv == onnx_csv
+
+
+def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
+    from steel_defect.export import OnnxNet
+    from steel_defect.inference import resolve_thresholds, run
+    from tests.test_inference import config, isolated_ckpt, tiny_run
+
+    files = tiny_run(tmp_path / "run")
+    ckpt = isolated_ckpt(files, tmp_path)
+    data = {"root": str(files["data"]), "split": str(files["run"] / "split.json")}
+    tuned = run(config(task="tune", ckpt=str(ckpt), data=data))
+    result = run(config(task="export", ckpt=str(ckpt), export={"height": 64, "width": 320}))
+    assert result["thresholds"] == tuned["thresholds"]
+    onnx_path = Path(result["onnx"])
+    net = OnnxNet(onnx_path)
+    assert net.tuned_thresholds["params"] == tuned["params"] and net.tuned_thresholds["tta"] == []
+    # Alone in another folder, the ONNX model predicts with the thresholds it carries.
+    lonely = tmp_path / "lonely" / "model.onnx"
+    lonely.parent.mkdir()
+    lonely.write_bytes(onnx_path.read_bytes())
+    meta = dict(OnnxNet(lonely).meta["meta"])
+    params, source = resolve_thresholds("auto", lonely, meta)
+    assert params.to_dict() == tuned["params"] and source.startswith("tuned thresholds stored in")
+    images = files["data"] / "test_images"
+    run(config(ckpt=str(lonely), runtime="onnx", images=str(images), out=str(tmp_path / "s.csv")))
+    with pytest.raises(ValueError, match="tuned with tta"):
+        run(
+            config(
+                ckpt=str(lonely),
+                runtime="onnx",
+                tta=["vflip"],
+                images=str(images),
+                out=str(tmp_path / "t.csv"),
+            )
+        )

@@ -351,7 +351,10 @@ def test_defaults_match_conf_predict_yaml():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"task": "train"}, r"task='train' is not valid; choose one of: predict, evaluate, tune, export"),
+        (
+            {"task": "train"},
+            r"task='train' is not valid; choose one of: predict, evaluate, tune, tune_oof, pseudo, export",
+        ),
         ({"format": "csv"}, r"format='csv' is not valid; choose one of: current, legacy"),
         ({"runtime": "tensorrt"}, r"runtime='tensorrt' is not valid; choose one of: torch, onnx"),
         ({"tta": ["hflip", "rot90"]}, r"tta=.*unknown \['rot90'\]; choose from: hflip, vflip, hvflip"),
@@ -704,3 +707,35 @@ def test_overlays_written_by_run(run_files, tmp_path):
     assert files[0].stem == first.stem
     picture = cv2.imread(str(files[0]))
     assert picture is not None and picture.shape[1] >= 960
+
+
+# ======================================================================================================
+# Thresholds bound to the weights and TTA they were tuned for
+# ======================================================================================================
+def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_path):
+    from steel_defect.fingerprint import net_fingerprint, weights_fingerprint
+
+    ckpt_a, ckpt_b = isolated_ckpt(run_files, tmp_path, "a"), isolated_ckpt(run_files, tmp_path, "b")
+    split, images = run_files["run"] / "split.json", run_files["data"] / "test_images"
+    data = {"root": str(run_files["data"]), "split": str(split)}
+    tuned = run(config(task="tune", ckpt=str(ckpt_a), data=data))["thresholds"]
+    doc = yaml.safe_load(Path(tuned).read_text())
+    (net_a,), _ = load_nets([ckpt_a])
+    assert doc["meta"]["fingerprints"] == [net_fingerprint(net_a)] and doc["meta"]["tta"] == []
+    # A re-saved copy of the same weights is the same model; a perturbed copy is not.
+    assert weights_fingerprint({k: v.clone() for k, v in net_a.state_dict().items()}) == net_fingerprint(
+        net_a
+    )
+    out = str(tmp_path / "s.csv")
+    run(config(ckpt=str(ckpt_a), images=str(images), out=out))  # auto: the yaml beside, same weights
+    with pytest.raises(ValueError, match=r"tuned for weights .* are .*task=tune"):
+        run(config(ckpt=str(ckpt_b), thresholds=tuned, images=str(images), out=out))
+    with pytest.raises(ValueError, match=r"tuned with tta=\[\], this run uses tta=\['hflip'\]"):
+        run(config(ckpt=str(ckpt_a), tta=["hflip"], images=str(images), out=out))
+    with pytest.raises(ValueError, match="tuned for weights"):  # an ensemble is other weights too
+        run(config(ckpt=[str(ckpt_a), str(ckpt_b)], images=str(images), out=out))
+    run(config(ckpt=str(ckpt_b), thresholds=tuned, check_thresholds=False, images=str(images), out=out))
+    # Files written before fingerprints existed are accepted as they are.
+    doc["meta"].pop("fingerprints")
+    Path(tuned).write_text(yaml.safe_dump(doc))
+    run(config(ckpt=str(ckpt_b), thresholds=tuned, images=str(images), out=out))

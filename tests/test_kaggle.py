@@ -425,13 +425,25 @@ def test_bundle_refuses_to_overwrite_unless_asked(bundle, tiny_run, tmp_path):
         build_bundle(str(tiny_run["ckpt"]), bundle)
     wheel = shutil.copy2(next((bundle / "wheels").glob("steel_defect-*.whl")), tmp_path)
     out = tmp_path / "b"
-    build_bundle(str(tiny_run["ckpt"]), out, wheels=[], project_wheel=wheel, thresholds="none")
+    build_bundle(str(tiny_run["ckpt"]), out, wheels=[], project_wheel=wheel, thresholds="defaults")
     first = json.loads((out / MANIFEST_NAME).read_text())
-    assert first["settings"]["thresholds"] is None and len(first["wheels"]) == 1
+    assert first["settings"]["thresholds"] == "defaults" and len(first["wheels"]) == 1
+    assert not (out / "thresholds.yaml").exists()
     build_bundle(str(tiny_run["ckpt"]), out, wheels="omegaconf", project_wheel=wheel, overwrite=True)
     second = json.loads((out / MANIFEST_NAME).read_text())
     assert {w["name"] for w in second["wheels"]} == {"steel-defect", "omegaconf"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", Path(wheel).name]
+
+
+def test_bundle_without_tuned_thresholds_is_refused_unless_told(tiny_run, tmp_path):
+    lonely = tmp_path / "lonely" / "model.ckpt"
+    lonely.parent.mkdir()
+    shutil.copy(tiny_run["ckpt"], lonely)
+    with pytest.raises(FileNotFoundError, match="no tuned thresholds.yaml beside .*thresholds=defaults"):
+        build_bundle(str(lonely), tmp_path / "out", wheels=[])
+    with pytest.raises(ValueError, match="say which post-processing"):
+        build_bundle(str(lonely), tmp_path / "out", wheels=[], thresholds="none")
+    assert not (tmp_path / "out").exists()
 
 
 def test_failed_bundle_leaves_nothing_behind(tiny_run, tmp_path):
@@ -537,3 +549,24 @@ def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_p
     bundled = torch.load(bundle / manifest["settings"]["checkpoints"][0], weights_only=True)
     assert bundled["steel_defect"]["net"]["image_head"] is True
     assert "img_source: image_head" in (bundle / "thresholds.yaml").read_text()
+
+
+def test_kernel_stops_at_start_naming_every_runtime_mismatch():
+    from steel_defect.kaggle import runtime_requirements
+    from steel_defect.kaggle_kernel import check_runtime, satisfies
+
+    assert satisfies("2.15.0+cu121", ">=2.15") and not satisfies("2.14.9", ">=2.15")
+    assert (
+        satisfies("1.0.31", ">=1.0.31,<2")
+        and not satisfies("2.0", ">=1.0.31,<2")
+        and satisfies("3.11.7", ">=3.10")
+    )
+    runtime = runtime_requirements(["segmentation-models-pytorch"])
+    assert "segmentation-models-pytorch" not in runtime["packages"] and "torch" in runtime["packages"]
+    check_runtime({"runtime": runtime})  # this environment meets the project's own requirements
+    versions = {"torch": "2.4.0", "timm": None, "numpy": "2.0.0", "opencv-python-headless": "4.10.0"}
+    with pytest.raises(RuntimeError) as info:
+        check_runtime({"runtime": runtime}, python_version="3.9.18", version_of=versions.get)
+    message = str(info.value)
+    assert "Python 3.9.18 (needs >=3.10)" in message and "torch 2.4.0 (needs >=2.15)" in message
+    assert "timm is not installed" in message and "numpy" not in message

@@ -472,3 +472,80 @@ def test_old_checkpoint_without_image_head_key_still_loads_and_tests(fitted, tmp
         rebuilt, dataloaders=_loader(2), ckpt_path=str(old), weights_only=True, verbose=False
     )[0]
     assert "test/dice_default" in out and "test/img_auroc_head" not in out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Differential learning rates (model.optimizer.encoder_lr)
+# ------------------------------------------------------------------------------------------------------
+def _diff_lr_module(scheduler: dict | None = None, **opt) -> SteelDefectModule:
+    optimizer = {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4, "encoder_lr": 7e-5}
+    optimizer.update(opt)
+    return _module(optimizer=optimizer, scheduler=scheduler or {"name": "none"})
+
+
+def test_encoder_lr_gives_two_disjoint_groups_covering_every_parameter():
+    module = _diff_lr_module()
+    assert module.hparams.optimizer["encoder_lr"] == 7e-5
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = optimizer.param_groups
+    assert [g["name"] for g in groups] == ["encoder", "decoder_heads"]
+    assert [g["lr"] for g in groups] == [7e-5, 3e-3]
+    assert [g["weight_decay"] for g in groups] == [1e-4, 1e-4]
+    assert "encoder_lr" not in optimizer.defaults
+    encoder, rest = ({id(p) for p in g["params"]} for g in groups)
+    assert len(encoder) == len(groups[0]["params"]) and len(rest) == len(groups[1]["params"])
+    assert not encoder & rest
+    assert {id(p) for p in module.parameters() if p.requires_grad} <= encoder | rest
+    assert len(encoder) + len(rest) == len(list(module.parameters()))
+    assert encoder == {id(p) for p in module.net.model.encoder.parameters()}
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert all(names[i].startswith("net.model.encoder.") for i in encoder)
+    assert not any(names[i].startswith("net.model.encoder.") for i in rest)
+    for part in ("decoder", "segmentation_head", "classification_head"):
+        assert any(names[i].startswith(f"net.model.{part}.") for i in rest), part
+
+
+@pytest.mark.parametrize("optimizer", [None, {"_target_": "torch.optim.AdamW", "encoder_lr": None}])
+def test_without_encoder_lr_there_is_one_group(optimizer):
+    module = _module(optimizer=optimizer, scheduler={"name": "none"})
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert len(groups) == 1 and "name" not in groups[0]
+    assert groups[0]["lr"] == (3e-4 if optimizer is None else 1e-3)  # AdamW's own default without `lr`
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in module.parameters()]
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_schedulers_keep_the_encoder_to_decoder_lr_ratio(name):
+    from types import SimpleNamespace
+
+    module = _diff_lr_module(scheduler={"name": name, "warmup_steps": 2})
+    module.trainer = SimpleNamespace(estimated_stepping_batches=6)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(6):
+        encoder_lr, lr = (g["lr"] for g in optimizer.param_groups)
+        assert encoder_lr / lr == pytest.approx(7e-5 / 3e-3), seen
+        seen.append(lr)
+        optimizer.step()  # no gradients: a no-op, keeps the optimizer-before-scheduler order
+        scheduler.step()
+    assert len(set(seen)) > 2
+
+
+def test_fit_with_encoder_lr(tmp_path):
+    module = _diff_lr_module(scheduler={"name": "onecycle"})
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, _loader(4))
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["encoder", "decoder_heads"]
+    assert groups[0]["lr"] / groups[1]["lr"] == pytest.approx(7e-5 / 3e-3)
+    changed = {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("net.model.encoder.") for n in changed)
+    assert any(n.startswith("net.model.decoder.") for n in changed)
+
+
+@pytest.mark.parametrize("encoder_lr", [0, -1, "x", float("nan"), True])
+def test_bad_encoder_lr_names_the_key(encoder_lr):
+    with pytest.raises(ValueError, match=r"model\.optimizer\.encoder_lr"):
+        _diff_lr_module(encoder_lr=encoder_lr)

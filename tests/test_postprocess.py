@@ -14,13 +14,11 @@ import yaml
 from steel_defect.metrics import dice_per_pair, kaggle_dice, kaggle_dice_per_class
 from steel_defect.postprocess import (
     PostprocessParams,
-    TuningStats,
-    format_tuning_report,
     load_thresholds,
     postprocess,
     save_thresholds,
-    tune_thresholds,
 )
+from steel_defect.tuning import TuningStats, format_tuning_report, tune_thresholds
 
 H, W = 32, 160
 
@@ -550,7 +548,9 @@ def test_tuning_errors():
     with pytest.raises(ValueError, match=r"targets shape \(1, 4, 8, 8\).*\(1, 4, 8, 9\)"):
         stats.update(np.zeros((1, 4, 8, 9)), np.zeros((1, 4)), np.zeros((1, 4, 8, 8), bool))
     stats.update(np.zeros((1, 4, 8, 8)), np.zeros((1, 4)), np.zeros((1, 4, 8, 8), bool))
-    with pytest.raises(ValueError, match=r"base.t_pix\[0\]=0.45 is not in the TuningStats t_pix grid"):
+    with pytest.raises(
+        ValueError, match=r"base.t_pix\[0\]=0.45 with pix_mode .plain. is not in the TuningStats grid"
+    ):
         tune_thresholds(stats, base=PostprocessParams(t_pix=[0.45, 0.5, 0.5, 0.5]))
     with pytest.raises(ValueError, match=r"reference_shape"):
         tune_thresholds(

@@ -118,4 +118,7 @@ def test_missing_checkpoint_and_bad_values_are_clear_errors(tmp_path):
     proc = predict([f"ckpt={tmp_path / 'nope.ckpt'}", f"images={tmp_path}"], tmp_path, ok=False)
     assert f"checkpoint not found: {tmp_path / 'nope.ckpt'}" in proc.stderr
     proc = predict(["ckpt=x.ckpt", "task=train"], tmp_path, ok=False)
-    assert "task='train' is not valid; choose one of: predict, evaluate, tune, export" in proc.stderr
+    assert (
+        "task='train' is not valid; choose one of: predict, evaluate, tune, tune_oof, pseudo, export"
+        in proc.stderr
+    )

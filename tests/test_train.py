@@ -102,6 +102,43 @@ def test_experiments_and_debug_configs_compose(tmp_path):
         assert cfg.model.net.classes == 4
 
 
+def test_split_group_and_ema_callbacks_compose(tmp_path):
+    from steel_defect.callbacks import EMA
+    from steel_defect.instantiate import instantiate_group
+
+    cfg = compose_train(["data/split=kfold", "data.split.fold=3"], tmp_path)
+    assert dict(cfg.data.split) == {"kind": "kfold", "n_splits": 5, "fold": 3, "seed": 42}
+    assert dict(compose_train([], tmp_path).data.split) == {
+        "kind": "notebook",
+        "test_size": 0.1,
+        "val_size": 0.2,
+        "seed": 42,
+    }
+    cfg = compose_train(["callbacks=ema", "callbacks.ema.decay=0.99"], tmp_path)
+    callbacks = instantiate_group(cfg.callbacks, "callbacks")
+    ema = [c for c in callbacks if isinstance(c, EMA)]
+    assert len(ema) == 1 and ema[0].decay == 0.99
+    assert "model_checkpoint" in cfg.callbacks and "tune_thresholds" in cfg.callbacks  # the defaults stay
+
+
+def test_the_winners_experiment_composes_into_valid_parts(tmp_path):
+    from omegaconf import OmegaConf
+
+    from steel_defect.data.splits import normalise_split_cfg
+    from steel_defect.models.losses import SegClsLoss
+    from steel_defect.postprocess import PostprocessParams
+
+    cfg = compose_train(["experiment=severstal_winners", "data.root=/x", "data.split.fold=2"], tmp_path)
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "callbacks")}
+    assert normalise_split_cfg(plain["data"]["split"])["fold"] == 2
+    pp = PostprocessParams.from_dict(plain["model"]["postprocess"])
+    assert pp.min_component == [150] * 4 and pp.t_cls == [0.7, 0.7, 0.6, 0.6]
+    SegClsLoss(**plain["model"]["loss"])
+    assert plain["model"]["optimizer"]["encoder_lr"] < plain["model"]["optimizer"]["lr"]
+    assert plain["callbacks"]["ema"]["decay"] == 0.999
+    assert plain["callbacks"]["tune_thresholds"]["pix_modes"] == ["plain", "soft", "scaled"]
+
+
 def test_fast_dev_run_in_process(tmp_path):
     from train import train
 

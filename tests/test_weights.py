@@ -337,3 +337,47 @@ def test_pickled_code_in_weights_file_is_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1), "hook": functools.partial(print, "pwned")}, path)
     with pytest.raises(pickle.UnpicklingError, match=r"[Ww]eights only"):
         build_model({"encoder_name": "resnet18", "encoder_weights": str(path)})
+
+
+# ------------------------------------------------------------------------------------------------------
+# Air-gapped machines: the offline error, and `python -m steel_defect.weights fetch`
+# ------------------------------------------------------------------------------------------------------
+def test_offline_download_names_the_three_ways_out(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from steel_defect.models.factory import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_model({"encoder_name": "tu-efficientnet_b1", "encoder_weights": "imagenet", "classes": 4})
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "python -m steel_defect.weights fetch --encoder tu-efficientnet_b1" in message
+    assert "model=unet_efflite1" in message and "model.net.encoder_weights=null" in message
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_fetch_writes_a_file_that_trains_offline(tmp_path, suffix, package_sd):
+    from steel_defect.weights import fetch, main, model_net_config
+
+    net_cfg = model_net_config("unet_efflite1")  # package weights: no network needed
+    assert net_cfg["encoder_name"] == "tu-tf_efficientnet_lite1"
+    out = tmp_path / f"lite1{suffix}"
+    info = fetch(net_cfg, out)
+    from_file = build_model({**net_cfg, "encoder_weights": str(out)})
+    from_package = build_model(net_cfg)
+    # the encoder's tensors: the package's 386 less the classifier head that a features-only encoder drops
+    assert out.is_file() and info["tensors"] == len(from_package.model.encoder.model.state_dict()) < len(
+        package_sd
+    )
+    for (k, a), (_, b) in zip(
+        from_file.model.encoder.state_dict().items(),
+        from_package.model.encoder.state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), k
+    assert main(["fetch", "--model", "nope", "--out", str(tmp_path / "x.pth")]) == 2
+    assert main(["fetch", "--model", "unet_efflite1", "--out", str(tmp_path / "x.txt")]) == 2
+    assert not (tmp_path / "x.txt").exists()

@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "PredictDataset": "dataset",
     "predict_collate": "dataset",
     "blackout_defect": "blackout",
+    "paste_defect": "copy_paste",
     "SteelDataModule": "datamodule",
 }
 

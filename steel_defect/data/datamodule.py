@@ -15,10 +15,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import DEFECT_COLUMNS, load_annotations
+from steel_defect.data.annotations import DEFECT_COLUMNS, RLE_COLUMNS, load_annotations
+from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
 from steel_defect.data.dataset import PredictDataset, SteelDataset, predict_collate
 from steel_defect.data.splits import (
     DEFAULT_SPLIT,
@@ -30,7 +31,7 @@ from steel_defect.data.splits import (
 )
 from steel_defect.data.transforms import build_transforms
 
-__all__ = ["SteelDataModule", "oversample_weights", "class_frequencies"]
+__all__ = ["MixedDataset", "PseudoMixSampler", "SteelDataModule", "class_frequencies", "oversample_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,88 @@ class EpochSampler(Sampler):
         return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
 
 
+class PseudoMixSampler(Sampler):
+    """Every batch of ``batch_size`` holds ``k = round(share * batch_size)`` (at least 1, at most
+    ``batch_size - 1``) pseudo-labelled items after ``batch_size - k`` items of ``base``.
+
+    Yields ``(index, item_seed)`` pairs for a :class:`MixedDataset`: pseudo items are offset by
+    ``n_train`` and drawn from a permutation of the pseudo set per epoch (cycled when the epoch needs more);
+    everything is a pure function of ``(seed, epoch)``, like :class:`EpochSampler`. With ``world_size`` W > 1
+    the batches are interleaved item by item in rounds of W, so that the round-robin split of Lightning's
+    distributed sampler wrapper gives every process whole mixed batches.
+    """
+
+    def __init__(
+        self,
+        base: EpochSampler,
+        n_pseudo: int,
+        batch_size: int,
+        share: float,
+        seed: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if n_pseudo < 1:
+            raise ValueError("the pseudo-label set is empty")
+        if batch_size < 2:
+            raise ValueError(f"data.batch_size must be >= 2 to mix pseudo-labels into each batch, got {batch_size}")
+        self.base, self.n_pseudo, self.batch_size, self.seed = base, int(n_pseudo), int(batch_size), int(seed)
+        self.k = int(min(batch_size - 1, max(1, round(float(share) * batch_size))))
+        self.world_size = max(1, int(world_size))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def _batches(self) -> int:
+        return -(-len(self.base) // (self.batch_size - self.k))
+
+    def __len__(self) -> int:
+        return self._batches() * self.k + len(self.base)
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        """This epoch's batches, in order (the last one may be short)."""
+        real = list(iter(self.base))
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        need = self._batches() * self.k
+        order = np.concatenate([rng.permutation(self.n_pseudo) for _ in range(-(-need // self.n_pseudo))])[:need]
+        item_seeds = rng.integers(0, 2**31, size=need)
+        out, step = [], self.batch_size - self.k
+        for b in range(self._batches()):
+            batch = real[b * step : (b + 1) * step]
+            batch += [(self.base.n + int(order[j]), int(item_seeds[j])) for j in range(b * self.k, (b + 1) * self.k)]
+            out.append(batch)
+        return out
+
+    def __iter__(self):
+        batches = self.batches()
+        if self.world_size == 1:
+            return iter([item for batch in batches for item in batch])
+        flat = []
+        for r in range(0, len(batches), self.world_size):
+            group = batches[r : r + self.world_size]
+            for j in range(max(len(b) for b in group)):
+                flat += [b[j] for b in group if j < len(b)]
+        return iter(flat)
+
+
+class MixedDataset(Dataset):
+    """Training items then pseudo-labelled items, addressed by ``index`` or ``(index, item_seed)``."""
+
+    def __init__(self, train: Dataset, pseudo: Dataset) -> None:
+        self.train, self.pseudo = train, pseudo
+
+    def __len__(self) -> int:
+        return len(self.train) + len(self.pseudo)
+
+    def __getitem__(self, index):
+        i, rest = (int(index[0]), (int(index[1]),)) if isinstance(index, tuple | list) else (int(index), ())
+        n = len(self.train)
+        return (
+            self.train[(i, *rest) if rest else i] if i < n else self.pseudo[(i - n, *rest) if rest else i - n]
+        )
+
+
 def class_frequencies(df: pd.DataFrame) -> dict[int, float]:
     """Fraction of images containing each class, keyed by class id; key 0 is the defect-free fraction."""
     n = max(len(df), 1)
@@ -129,10 +212,16 @@ class SteelDataModule(L.LightningDataModule):
     "n_splits", "fold", "seed"}``. ``crop_width``: random training crop width (full height; None = no crop).
     ``augment``: ``hflip_p``, ``vflip_p``, ``brightness_contrast_p`` (+ ``brightness_limit``,
     ``contrast_limit``). ``oversample``: ``{"power": p}`` -> weighted sampling of rare classes.
+    ``copy_paste``: ``{"p", "power"}`` -> defects of rare classes pasted into training images (train only; see
+    ``steel_defect.data.copy_paste``).
     ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos). ``synthetic``: keyword
     arguments of ``steel_defect.synthetic.generate_dataset`` (``shape`` defaults to ``shape``), used by
     ``prepare_data`` when the csv is absent.
     ``shape``: image size [H, W] (default ``DEFAULT_SHAPE``).
+    ``pseudo_labels``: a pseudo-label csv written by ``predict.py task=pseudo`` (+ its ``_empty.txt``) for
+    the images in ``pseudo_images`` (default ``root/test_images``): mixed into training at ``pseudo_share`` of
+    every batch (:class:`PseudoMixSampler`), never into validation or test; refused if it names an image of
+    the validation or test split.
 
     Predict batches are lists of same-size sub-batches (see :func:`predict_collate`).
     """
@@ -152,10 +241,14 @@ class SteelDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         augment: dict | None = None,
         blackout_p: float = 0.0,
+        copy_paste: dict | None = None,
         oversample: dict | None = None,
         limit_train: int | None = None,
         limit_val: int | None = None,
         synthetic: dict | None = None,
+        pseudo_labels: str | None = None,
+        pseudo_images: str | None = None,
+        pseudo_share: float = 0.12,
         persistent_workers: bool = False,
         shape: list[int] | None = None,
     ) -> None:
@@ -171,6 +264,7 @@ class SteelDataModule(L.LightningDataModule):
         )
         self.augment = _check_keys("augment", augment, AUGMENT_KEYS)
         self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
+        self.copy_paste = copy_paste_config(_check_keys("copy_paste", copy_paste, COPY_PASTE_KEYS))
         self.synthetic = _plain(synthetic)
         self.shape: tuple[int, int] = tuple(int(s) for s in (shape or DEFAULT_SHAPE))  # type: ignore[assignment]
         if len(self.shape) != 2:
@@ -178,6 +272,11 @@ class SteelDataModule(L.LightningDataModule):
         for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
             if value is not None and int(value) < 1:
                 raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
+        share = pseudo_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < float(share) < 1.0:
+            raise ValueError(f"data.pseudo_share must be in (0, 1), got {pseudo_share!r}")
+        self.pseudo_frame: pd.DataFrame | None = None
+        self.pseudo_dataset: SteelDataset | None = None
         self.annotations: pd.DataFrame | None = None
         self.split: dict[str, Any] | None = None
         self.train_dataset: SteelDataset | None = None
@@ -271,8 +370,15 @@ class SteelDataModule(L.LightningDataModule):
             transform = build_transforms("val", shape=self.shape)
         seed = int(self.split_cfg.get("seed", 0) or 0)
         blackout = float(hp.blackout_p) if stage == "train" else 0.0
+        copy_paste = self.copy_paste if stage == "train" else None
         return SteelDataset(
-            df, self.root / hp.train_images, transform, shape=self.shape, blackout_p=blackout, seed=seed
+            df,
+            self.root / hp.train_images,
+            transform,
+            shape=self.shape,
+            blackout_p=blackout,
+            seed=seed,
+            copy_paste=copy_paste,
         )
 
     def _crop_width(self) -> int | None:
@@ -286,6 +392,7 @@ class SteelDataModule(L.LightningDataModule):
             self._load()
         if stage in (None, "fit"):
             self.train_dataset = self._dataset(self._part("train", hp.limit_train), "train")
+            self.pseudo_dataset = self._pseudo_dataset()
         if stage in (None, "fit", "validate"):
             self.val_dataset = self._dataset(self._part("val", hp.limit_val), "val")
         if stage in (None, "test"):
@@ -295,6 +402,29 @@ class SteelDataModule(L.LightningDataModule):
             self.predict_dataset = PredictDataset(
                 self.root / hp.test_images, build_transforms("predict"), fallback_shape=self.shape
             )
+
+    def _pseudo_dataset(self) -> SteelDataset | None:
+        """The pseudo-labelled images (``data.pseudo_labels``), augmented like training; never validated on."""
+        hp = self.hparams
+        if not hp.pseudo_labels:
+            return None
+        from steel_defect.pseudo import read_pseudo_labels
+
+        images = Path(hp.pseudo_images) if hp.pseudo_images else self.root / hp.test_images
+        exclude = {part: set(ids) for part, ids in split_parts(self.split).items() if part != "train"}
+        self.pseudo_frame = read_pseudo_labels(hp.pseudo_labels, images, self.shape, exclude=exclude)
+        if self.pseudo_frame.empty:
+            raise ValueError(f"data.pseudo_labels: {hp.pseudo_labels} holds no images")
+        transform = build_transforms("train", crop_width=self._crop_width(), shape=self.shape, **self.augment)
+        seed = int(self.split_cfg.get("seed", 0) or 0)
+        log.info(
+            "pseudo-labels: %d images from %s (%d with masks), %.0f%% of every training batch",
+            len(self.pseudo_frame),
+            hp.pseudo_labels,
+            int((self.pseudo_frame[RLE_COLUMNS] != "").any(axis=1).sum()),
+            100 * float(hp.pseudo_share),
+        )
+        return SteelDataset(self.pseudo_frame, images, transform, shape=self.shape, seed=seed + 1)
 
     # ---------------------------------------------------------------------------------------------- info
     @property
@@ -346,7 +476,20 @@ class SteelDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = self._require(self.train_dataset, "fit", "train")
-        return self._loader(train, self.hparams.batch_size, sampler=self.train_sampler())
+        if self.pseudo_dataset is None:
+            return self._loader(train, self.hparams.batch_size, sampler=self.train_sampler())
+        seed = int(self.split_cfg.get("seed", 0) or 0)
+        sampler = PseudoMixSampler(
+            self.train_sampler(),
+            len(self.pseudo_dataset),
+            int(self.hparams.batch_size),
+            float(self.hparams.pseudo_share),
+            seed=seed,
+            world_size=self.trainer.world_size if self.trainer is not None else 1,
+        )
+        return self._loader(
+            MixedDataset(train, self.pseudo_dataset), self.hparams.batch_size, sampler=sampler
+        )
 
     def val_dataloader(self) -> DataLoader:
         val = self._require(self.val_dataset, "validate", "validation")
@@ -356,7 +499,7 @@ class SteelDataModule(L.LightningDataModule):
         if self.test_dataset is None and self.split is not None and "test" not in split_parts(self.split):
             raise RuntimeError(
                 f"the {self.split.get('cfg', {}).get('kind', 'configured')!r} split has no test part; "
-                "use data.split.kind=notebook for a held-out test set, or validate on the fold"
+                "use data/split=notebook for a held-out test set, or validate on the fold"
             )
         test = self._require(self.test_dataset, "test", "test")
         return self._loader(test, self.hparams.val_batch_size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,15 @@ from torch.utils.data import Dataset, get_worker_info
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
 from steel_defect.data.annotations import RLE_COLUMNS, AnnotationError, list_images
 from steel_defect.data.blackout import blackout_defect
+from steel_defect.data.copy_paste import (
+    choose_class,
+    choose_donor,
+    class_presence,
+    class_weights,
+    copy_paste_config,
+    donor_pools,
+    paste_defect,
+)
 from steel_defect.data.transforms import build_transforms
 from steel_defect.rle import rle_decode
 
@@ -69,11 +78,16 @@ class SteelDataset(Dataset):
     (1 where the mask channel is non-empty *after* augmentation: a crop can remove a defect) and
     ``image_id`` str. Masks are decoded at each image's own size; when ``shape`` is given, images of another
     size raise an error naming the file. With probability ``blackout_p`` one present class is erased with
-    :func:`blackout_defect` before ``transform`` (default: ``build_transforms("val")``).
+    :func:`blackout_defect` before ``transform`` (default: ``build_transforms("val")``). ``copy_paste``
+    (``{"p", "power"}``, see :func:`~steel_defect.data.copy_paste.copy_paste_config`; the DataModule sets it
+    on the training dataset only): with probability ``p``, after the blackout and before ``transform``, one
+    defect of another image of this dataset is pasted in with
+    :func:`~steel_defect.data.copy_paste.paste_defect`, its class drawn with weight
+    ``(1 / class frequency in this dataset) ** power``; a donor of another size than the image is skipped.
 
-    Randomness (blackout and the transform's own ``set_random_seed``) is re-derived from ``seed`` and
-    torch's seed in each process: every DataLoader worker (each epoch, without persistent workers) gets its
-    own stream, so forked workers never repeat each other's augmentations, and runs seeded with
+    Randomness (blackout, copy-paste and the transform's own ``set_random_seed``) is re-derived from ``seed``
+    and torch's seed in each process: every DataLoader worker (each epoch, without persistent workers) gets
+    its own stream, so forked workers never repeat each other's augmentations, and runs seeded with
     ``L.seed_everything`` are reproducible with any number of workers.
     """
 
@@ -85,6 +99,7 @@ class SteelDataset(Dataset):
         shape: tuple[int, int] | None = None,
         blackout_p: float = 0.0,
         seed: int = 0,
+        copy_paste: Mapping[str, Any] | None = None,
     ) -> None:
         missing = [c for c in ("ImageId", *RLE_COLUMNS) if c not in df.columns]
         if missing:
@@ -100,6 +115,16 @@ class SteelDataset(Dataset):
         self.transform = transform if transform is not None else build_transforms("val", shape=self.shape)
         self.blackout_p = float(blackout_p)
         self.seed = int(seed)
+        self.copy_paste = copy_paste_config(copy_paste)
+        self._paste_weights: np.ndarray | None = None
+        self._paste_pools: list[np.ndarray] = []
+        if self.copy_paste is not None and self.copy_paste["p"] > 0.0:
+            present = class_presence(self.rles)
+            weights = class_weights(present, self.copy_paste["power"])
+            if weights.sum() > 0:
+                self._paste_weights, self._paste_pools = weights, donor_pools(present)
+            else:
+                log.warning("copy_paste is on but no image of this dataset has a defect: nothing to paste")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -145,6 +170,18 @@ class SteelDataset(Dataset):
         self._rng_key = None  # the next plain-index item re-derives the per-process stream
         return rng
 
+    def _paste(
+        self, index: int, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Copy-paste: a class drawn by weight, a donor image with it (not ``index`` unless the only one),
+        one of its defects pasted in. A donor of another size leaves the item unchanged."""
+        cls = choose_class(self._paste_weights, rng)
+        donor_image, donor_masks = self.load(choose_donor(self._paste_pools[cls], rng, exclude=index))
+        if donor_image.shape != image.shape:
+            return image, masks
+        image, masks, _ = paste_defect(image, masks, donor_image, donor_masks, cls, rng)
+        return image, masks
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """``index`` or ``(index, item_seed)``: the second form (from :class:`EpochSampler`) makes the item's
         augmentation a pure function of the seeds, independent of worker count and of RNG history, which is
@@ -159,6 +196,8 @@ class SteelDataset(Dataset):
             present = np.flatnonzero(masks.reshape(NUM_CLASSES, -1).any(axis=1))
             if len(present) and rng.random() < self.blackout_p:
                 image, masks = blackout_defect(image, masks, int(rng.choice(present)), rng)
+        if self._paste_weights is not None and rng.random() < self.copy_paste["p"]:
+            image, masks = self._paste(index, image, masks, rng)
         out = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
         image_t, mask_t = _to_tensors(out)
         labels = mask_t.flatten(1).amax(dim=1).gt(0).float()

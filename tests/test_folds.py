@@ -1,0 +1,113 @@
+"""k-fold end to end: tune_oof pools each fold's own validation predictions into one thresholds.yaml."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from steel_defect.data.annotations import load_annotations
+from steel_defect.data.splits import load_split, make_split, save_split
+from steel_defect.inference import iter_probabilities, labelled_loader, load_nets, run
+from steel_defect.postprocess import PostprocessParams
+from steel_defect.tuning import TuningStats, tune_thresholds
+from tests.test_inference import SHAPE, config, tiny_run
+
+
+def fold_runs(tmp_path: Path, kind: str = "kfold") -> tuple[Path, list[Path]]:
+    """Two fold runs <multirun>/{0,1}/ with a checkpoint and the fold's split.json each."""
+    files = tiny_run(tmp_path / "tiny")
+    frame = load_annotations(files["data"], shape=SHAPE)
+    multirun = tmp_path / "multirun"
+    ckpts = []
+    for fold, which in ((0, "a"), (1, "a")):
+        run_dir = multirun / str(fold)
+        cfg = {"kind": "kfold", "n_splits": 2, "fold": fold, "seed": 1} if kind == "kfold" else {"kind": kind}
+        save_split(make_split(frame, cfg), run_dir / "split.json")
+        ckpt = run_dir / "checkpoints" / "best.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        state = torch.load(files[which], weights_only=True)
+        if fold == 1:  # a clearly different net for fold 1, so that swapping the folds changes the result
+            gen = torch.Generator().manual_seed(7)
+            state["state_dict"] = {  # conv / linear weights only: BatchNorm statistics stay valid
+                k: v + 0.5 * torch.randn(v.shape, generator=gen) if v.ndim >= 2 else v
+                for k, v in state["state_dict"].items()
+            }
+        torch.save(state, ckpt)
+        ckpts.append(ckpt)
+    return files["data"], ckpts
+
+
+def test_tune_oof_pools_every_fold_with_its_own_checkpoint(tmp_path):
+    data, ckpts = fold_runs(tmp_path)
+    result = run(config(task="tune_oof", ckpt=[str(p) for p in ckpts], data={"root": str(data)}))
+    out = tmp_path / "multirun" / "thresholds.yaml"
+    assert result["thresholds"] == str(out)
+    doc = yaml.safe_load(out.read_text())
+    splits = [load_split(p.parent.parent / "split.json") for p in ckpts]
+    assert doc["report"]["num_images"] == sum(len(s["val"]) for s in splits) == 8  # the whole training set
+    assert doc["meta"]["oof"] is True and doc["meta"]["checkpoints"] == [str(p) for p in ckpts]
+    # The same search by hand: fold f's images predicted by fold f's checkpoint only.
+    stats = TuningStats()
+    for ckpt, split in zip(ckpts, splits, strict=True):
+        (net,), _ = load_nets([ckpt])
+        loader = labelled_loader(
+            split["val"],
+            data / "train_images",
+            data / "train.csv",
+            ckpt,
+            2,
+            0,
+            torch.device("cpu"),
+        )
+        for batch, m, c, i in iter_probabilities(net, loader):
+            stats.update(m.numpy(), c.numpy(), batch["mask"].numpy() > 0.5, None if i is None else i.numpy())
+    expected, report = tune_thresholds(stats)
+    assert PostprocessParams.from_dict(doc["params"]) == expected
+    assert np.isclose(doc["report"]["mean"]["dice_tuned"], report["mean"]["dice_tuned"])
+    # Each fold used its own net: the same splits with the two checkpoints' files exchanged give other counts.
+    swapped_runs = []
+    for fold, source in ((0, ckpts[1]), (1, ckpts[0])):
+        run_dir = tmp_path / "swapped" / str(fold)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        shutil.copy(ckpts[fold].parent.parent / "split.json", run_dir / "split.json")
+        swapped_runs.append(str(shutil.copy(source, run_dir / "checkpoints" / "best.ckpt")))
+    swapped = run(config(task="tune_oof", ckpt=swapped_runs, data={"root": str(data)}))
+    assert swapped["report"]["classes"] != doc["report"]["classes"]
+    # An explicit .yaml out is honoured.
+    other = tmp_path / "elsewhere.yaml"
+    run(config(task="tune_oof", ckpt=[str(p) for p in ckpts], data={"root": str(data)}, out=str(other)))
+    assert yaml.safe_load(other.read_text())["params"] == doc["params"]
+
+
+def test_tune_oof_refuses_what_is_not_one_kfold_split(tmp_path):
+    data, ckpts = fold_runs(tmp_path, kind="notebook")
+    with pytest.raises(ValueError, match="needs k-fold runs"):
+        run(config(task="tune_oof", ckpt=[str(p) for p in ckpts], data={"root": str(data)}))
+    data, ckpts = fold_runs(tmp_path / "same")
+    shutil.copy(ckpts[0].parent.parent / "split.json", ckpts[1].parent.parent / "split.json")
+    with pytest.raises(ValueError, match="same fold"):
+        run(config(task="tune_oof", ckpt=[str(p) for p in ckpts], data={"root": str(data)}))
+    with pytest.raises(ValueError, match="checkpoints of every fold"):
+        run(config(task="tune_oof", ckpt=[str(ckpts[0])], data={"root": str(data)}))
+
+
+def test_check_folds_refuses_mixed_partial_and_overlapping_folds(tmp_path):
+    from steel_defect.folds import check_folds
+
+    paths = [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"]
+
+    def split(fold, val, n=3, seed=1):
+        return {"cfg": {"kind": "kfold", "n_splits": n, "fold": fold, "seed": seed}, "val": val}
+
+    check_folds([split(0, ["x"]), split(1, ["y"]), split(2, ["z"])], paths)
+    with pytest.raises(ValueError, match="different k-fold splits"):
+        check_folds([split(0, ["x"]), split(1, ["y"], seed=2), split(2, ["z"])], paths)
+    with pytest.raises(ValueError, match=r"every fold 0..2.*got folds \[0, 2\]"):
+        check_folds([split(0, ["x"]), split(2, ["z"])], paths[:2])
+    with pytest.raises(ValueError, match="'y' is in both"):
+        check_folds([split(0, ["x", "y"]), split(1, ["y"]), split(2, ["z"])], paths)
