@@ -248,7 +248,9 @@ def read_submission(path: str | os.PathLike) -> Any:
 # Configuration (conf/predict.yaml)
 # ======================================================================================================
 TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "export")
-RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+#: auto: the fast path that keeps the output faithful (checkpoints: torch with channels_last weights; .onnx
+#: files: ONNX Runtime); torch: the eager fp32 reference; onnx: exported models.
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
 THRESHOLD_MODES: tuple[str, ...] = ("auto", "defaults", "raw")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx",)
 THRESHOLDS_FILE = "thresholds.yaml"
@@ -269,7 +271,7 @@ DEFAULTS: dict[str, Any] = {
     "tta": [],
     "overlays": 0,
     "overlays_dir": "overlays",
-    "runtime": "torch",
+    "runtime": "auto",
     "check_thresholds": True,
     "pix_modes": ["plain"],
     "pseudo": {"t_pos": 0.95, "t_neg": 0.05},
@@ -447,14 +449,18 @@ def load_nets(
 ) -> tuple[list[torch.nn.Module], list[dict[str, Any]]]:
     """Load every checkpoint (``weights_only=True``; or exported ONNX models) in eval mode on ``device``.
 
-    Returns the nets and their ``steel_defect`` metadata; all must predict the same classes.
+    ``runtime``: ``torch`` (eager, the reference), ``onnx``, or ``auto``: ``.onnx`` files with ONNX Runtime,
+    checkpoints with their weights in channels_last memory format (1.4x faster convolutions on CPU, the same
+    Dice: see the README's faithfulness table). Returns the nets and their ``steel_defect`` metadata; all
+    must predict the same classes.
     """
     _choice("runtime", runtime, RUNTIMES)
     nets, metas = [], []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
-        if runtime == "torch":
+        kind = ("onnx" if path.suffix == ".onnx" else "torch") if runtime == "auto" else runtime
+        if kind == "torch":
             from steel_defect.models.module import load_net_from_checkpoint
 
             try:
@@ -462,6 +468,8 @@ def load_nets(
             except pickle.UnpicklingError as err:
                 raise _refusal(path, err) from err
             net = net.to(device).eval()
+            if runtime == "auto":
+                net = net.to(memory_format=torch.channels_last)
         else:
             from steel_defect.export import OnnxNet
 
@@ -899,7 +907,7 @@ def _setup(
     check_thresholds_for_nets(params, nets, source, c.ckpt)
     if c.check_thresholds and c.task not in ("tune", "tune_oof"):
         check_thresholds_binding(source, metas[0], nets, c.tta, c.ckpt)
-    amp = c.amp and device.type == "cuda" and c.runtime == "torch"
+    amp = c.amp and device.type == "cuda" and c.runtime != "onnx" and not str(c.ckpt[0]).endswith(".onnx")
     return device, nets, metas, params, source, amp
 
 
@@ -1080,8 +1088,8 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     console = console if console is not None else Console()
     if len(c.ckpt) != 1:
         raise ValueError(f"task=export takes one checkpoint, got ckpt={[str(p) for p in c.ckpt]}")
-    if c.runtime != "torch":
-        raise ValueError("task=export reads a training checkpoint: use runtime=torch")
+    if c.runtime == "onnx":
+        raise ValueError("task=export reads a training checkpoint: use runtime=torch (or auto)")
     nets, metas = load_nets(c.ckpt, "cpu", "torch")
     out = c.export["out"] or c.ckpt[0].with_suffix(".onnx")
     meta = {**metas[0], "fingerprint": net_fingerprint(nets[0])}

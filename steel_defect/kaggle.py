@@ -456,7 +456,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         )
     ckpts = [bundle / p for p in settings["checkpoints"]]
     device = resolve_device(str(settings["device"]))
-    nets, metas = load_nets(ckpts, device, "torch")
+    nets, metas = load_nets(ckpts, device, "auto")
     thresholds = settings.get("thresholds")
     mode = (
         thresholds

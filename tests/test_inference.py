@@ -356,7 +356,7 @@ def test_defaults_match_conf_predict_yaml():
             r"task='train' is not valid; choose one of: predict, evaluate, tune, tune_oof, pseudo, export",
         ),
         ({"format": "csv"}, r"format='csv' is not valid; choose one of: current, legacy"),
-        ({"runtime": "tensorrt"}, r"runtime='tensorrt' is not valid; choose one of: torch, onnx"),
+        ({"runtime": "tensorrt"}, r"runtime='tensorrt' is not valid; choose one of: auto, torch, onnx"),
         ({"tta": ["hflip", "rot90"]}, r"tta=.*unknown \['rot90'\]; choose from: hflip, vflip, hvflip"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
         ({"overlays": -1}, r"overlays must be an integer >= 0"),
@@ -739,3 +739,34 @@ def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_
     doc["meta"].pop("fingerprints")
     Path(tuned).write_text(yaml.safe_dump(doc))
     run(config(ckpt=str(ckpt_b), thresholds=tuned, images=str(images), out=out))
+
+
+def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
+    """auto (channels_last weights) against eager fp32: the same probabilities to float noise, and the same
+    submission and Dice on the tiny synthetic set."""
+    images = run_files["data"] / "test_images"
+    ref, _ = load_nets([run_files["a"]], runtime="torch")
+    fast, _ = load_nets([run_files["a"]], runtime="auto")
+    assert fast[0].model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(predict_batch(ref, x)[:2], predict_batch(fast, x)[:2], strict=True):
+            assert (a - b).abs().max() < 1e-4
+    labels = run_files["data"] / "test_labels.csv"
+    scores = {}
+    for runtime in ("torch", "auto"):
+        out = tmp_path / f"{runtime}.csv"
+        summary = run(
+            config(
+                task="evaluate",
+                ckpt=str(run_files["a"]),
+                thresholds="raw",
+                runtime=runtime,
+                images=str(images),
+                data={"labels": str(labels)},
+                out=str(out),
+            )
+        )
+        scores[runtime] = summary["evaluation"]["dice"]["mean"]
+    assert abs(scores["auto"] - scores["torch"]) <= 0.002
+    assert (tmp_path / "auto.csv").read_text() == (tmp_path / "torch.csv").read_text()
