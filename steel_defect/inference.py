@@ -461,7 +461,7 @@ def load_nets(
             raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
         kind = ("onnx" if path.suffix == ".onnx" else "torch") if runtime == "auto" else runtime
         if kind == "torch":
-            from steel_defect.models.module import load_net_from_checkpoint
+            from steel_defect.models.checkpoint import load_net_from_checkpoint
 
             try:
                 net, meta = load_net_from_checkpoint(path, map_location=device)

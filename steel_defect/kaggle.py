@@ -349,7 +349,7 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """
     import torch
 
-    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.models.checkpoint import load_net_from_checkpoint
 
     src = Path(src)
     if not src.is_file():

@@ -247,7 +247,7 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
 ):
     """With an image head the thresholds gate on it, so the ONNX image output is used by the submission."""
     from steel_defect.inference import read_submission, run
-    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.models.checkpoint import load_net_from_checkpoint
     from steel_defect.postprocess import load_thresholds
 
     ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt", image_head=image_head)

@@ -770,3 +770,24 @@ def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
         scores[runtime] = summary["evaluation"]["dice"]["mean"]
     assert abs(scores["auto"] - scores["torch"]) <= 0.002
     assert (tmp_path / "auto.csv").read_text() == (tmp_path / "torch.csv").read_text()
+
+
+def test_prediction_needs_no_lightning_hydra_or_torchmetrics(run_files, tmp_path):
+    """Loading a checkpoint and predicting a folder (what predict.py, the kernel and a service do) imports
+    none of the training stack."""
+    code = (
+        "import sys\n"
+        "from steel_defect.inference import load_nets, predict_images, resolve_thresholds\n"
+        f"nets, metas = load_nets([{str(run_files['a'])!r}])\n"
+        f"params, _ = resolve_thresholds('raw', {str(run_files['a'])!r}, metas[0])\n"
+        f"predict_images(nets, {str(run_files['data'] / 'test_images')!r}, params, {str(tmp_path / 's.csv')!r})\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf', 'torchmetrics')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "s.csv").is_file()

@@ -186,7 +186,7 @@ def emulate_kaggle_image(venv_python: Path, image_dir: Path, bundled: list[str])
 def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
     """A tiny checkpoint (with an image head) with a thresholds.yaml beside it that gates on the image head,
     and the synthetic test images."""
-    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.models.checkpoint import load_net_from_checkpoint
 
     root = tmp_path_factory.mktemp("kaggle_run")
     ckpt = make_tiny_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt", image_head=True)
@@ -312,7 +312,7 @@ def test_wheel_from_a_fake_dist_and_a_modified_install(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_slim_checkpoint_keeps_only_what_loads_the_net(tiny_run, tmp_path):
-    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.models.checkpoint import load_net_from_checkpoint
 
     src = tiny_run["ckpt"]
     dst = slim_checkpoint(src, tmp_path / "slim.ckpt")
@@ -359,7 +359,7 @@ def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
 ):
     """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files."""
     from steel_defect.inference import run
-    from steel_defect.models.module import load_net_from_checkpoint
+    from steel_defect.models.checkpoint import load_net_from_checkpoint
     from steel_defect.postprocess import load_thresholds
 
     bundle = tmp_path / "bundle"

@@ -1,14 +1,31 @@
-"""The network (smp U-Net + class head), its loss, offline pretrained weights and the LightningModule."""
+"""The network (smp U-Net + class head), its loss, offline pretrained weights and the LightningModule.
 
-from steel_defect.models.factory import SteelNet, build_model, resolve_config
-from steel_defect.models.losses import SegClsLoss
-from steel_defect.models.module import SteelDefectModule, load_net_from_checkpoint
+Names are imported lazily (PEP 562), so that loading a checkpoint for prediction
+(``steel_defect.models.checkpoint``) never imports Lightning.
+"""
 
-__all__ = [
-    "SegClsLoss",
-    "SteelDefectModule",
-    "SteelNet",
-    "build_model",
-    "load_net_from_checkpoint",
-    "resolve_config",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SegClsLoss": "losses",
+    "SteelDefectModule": "module",
+    "SteelNet": "factory",
+    "build_model": "factory",
+    "load_net_from_checkpoint": "checkpoint",
+    "resolve_config": "factory",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its submodule on first access."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

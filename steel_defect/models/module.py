@@ -13,7 +13,6 @@ import inspect
 import math
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -30,13 +29,11 @@ from torchmetrics.classification import (
 
 from steel_defect.inference import split_outputs
 from steel_defect.metrics import KaggleDice
+from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION
 from steel_defect.models.factory import SteelNet, build_model, resolve_config
 from steel_defect.models.losses import SegClsLoss
 from steel_defect.postprocess import PostprocessParams, postprocess
 
-#: Version of the ``checkpoint["steel_defect"]`` entry.
-FORMAT_VERSION = 1
-CLASS_NAMES = ["1", "2", "3", "4"]
 SCHEDULERS = ("cosine", "onecycle", "none")
 SCHEDULER_DEFAULTS: dict[str, Any] = {
     "name": "cosine",
@@ -409,34 +406,3 @@ class SteelDefectModule(L.LightningModule):
             "postprocess": self.pp_params.to_dict(),
             "classes": list(CLASS_NAMES[: int(net_cfg["classes"])]),
         }
-
-
-def load_net_from_checkpoint(
-    path: str | os.PathLike, map_location: Any = "cpu"
-) -> tuple[SteelNet, dict[str, Any]]:
-    """Rebuild the SteelNet of a training checkpoint (eval mode) and return it with ``checkpoint["steel_defect"]``.
-
-    Uses ``torch.load(weights_only=True)`` only: a checkpoint is data, never code (a pickled object in it
-    raises ``pickle.UnpicklingError``). No weights are downloaded; the ``net.*`` tensors load strictly.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    meta = ckpt.get("steel_defect") if isinstance(ckpt, Mapping) else None
-    if not isinstance(meta, Mapping) or "net" not in meta or "state_dict" not in ckpt:
-        raise ValueError(f"not a steel-defect checkpoint: {path}")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: unsupported steel-defect checkpoint format_version {version!r} (expected 1)"
-        )
-    net = SteelNet.from_config(meta["net"], weights=False)
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    if not state:
-        raise ValueError(f"{path}: the checkpoint holds no 'net.*' weights")
-    net.load_state_dict(state, strict=True)
-    if isinstance(map_location, str | torch.device):
-        net.to(map_location)
-    net.eval()
-    return net, dict(meta)
