@@ -11,13 +11,16 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from steel_defect.inference import run
 
+    if cfg.get("trainer") is not None:  # distributed prediction: no run folder, the trainer writes nothing
+        with open_dict(cfg):
+            cfg.trainer.default_root_dir = "."
     run(OmegaConf.to_container(cfg, resolve=True))
 
 

@@ -252,7 +252,6 @@ TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "
 #: files: ONNX Runtime); torch: the eager fp32 reference; onnx: exported models.
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
 THRESHOLD_MODES: tuple[str, ...] = ("auto", "defaults", "raw")
-EXPORT_FORMATS: tuple[str, ...] = ("onnx",)
 THRESHOLDS_FILE = "thresholds.yaml"
 
 #: Every key of conf/predict.yaml with its default (kept equal to the YAML by a test).
@@ -276,7 +275,6 @@ DEFAULTS: dict[str, Any] = {
     "pix_modes": ["plain"],
     "pseudo": {"t_pos": 0.95, "t_neg": 0.05},
     "export": {
-        "format": "onnx",
         "out": None,
         "opset": 17,
         "dynamic_width": False,
@@ -395,7 +393,6 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"device={device!r} is not valid (auto, cpu, cuda, cuda:N): {err}") from err
     exp = c["export"]
-    _choice("export.format", exp["format"], EXPORT_FORMATS)
     out = _path("out", c["out"])
     if out is None:
         raise ValueError("out must be a file path such as submission.csv")
@@ -421,7 +418,6 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
         pix_modes=tuple(check_pix_modes(c["pix_modes"])),
         pseudo=dataclasses.asdict(PseudoRule.from_dict(c["pseudo"])),
         export={
-            "format": exp["format"],
             "out": _path("export.out", exp["out"]),
             "opset": _int("export.opset", exp["opset"], 1),
             "dynamic_width": _bool("export.dynamic_width", exp["dynamic_width"]),
@@ -1114,8 +1110,19 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Entry point of ``predict.py``: validate the plain config, then run its ``task``."""
+    """Entry point of ``predict.py``: validate the plain config, then run its ``task``; with a ``trainer``
+    config (``trainer=ddp``), predict with Lightning's Trainer.predict in several processes."""
+    cfg = dict(cfg)
+    trainer_cfg = cfg.pop("trainer", None)
     c = parse_config(cfg)
+    if trainer_cfg is not None:
+        if not isinstance(trainer_cfg, Mapping):
+            raise ValueError(
+                f"trainer must be a trainer config (trainer=ddp, trainer=ddp_cpu), got {trainer_cfg!r}"
+            )
+        from steel_defect.distributed import run_distributed
+
+        return run_distributed(c, trainer_cfg)
     if c.task in ("predict", "evaluate"):
         return run_predict(c)
     if c.task == "tune":

@@ -122,3 +122,21 @@ def test_missing_checkpoint_and_bad_values_are_clear_errors(tmp_path):
         "task='train' is not valid; choose one of: predict, evaluate, tune, tune_oof, pseudo, export"
         in proc.stderr
     )
+
+
+def test_two_ddp_cpu_processes_write_the_same_bytes_as_one(run_files, tmp_path):
+    """trainer=ddp_cpu trainer.devices=2: Lightning's Trainer.predict in 2 processes (gloo); 5 images so
+    that the distributed sampler pads one rank with a repeated image, which the merge must drop."""
+    images = tmp_path / "five"
+    images.mkdir()
+    for name in image_ids(run_files["data"] / "test_images")[:4]:
+        shutil.copy(run_files["data"] / "test_images" / name, images / name)
+    shutil.copy(images / sorted(os.listdir(images))[0], images / "zzz_extra.jpg")
+    common = [f"ckpt={run_files['a']}", f"images={images}", "thresholds=raw", "batch_size=1", "num_workers=0"]
+    predict([*common, "out=one.csv"], tmp_path)
+    proc = predict([*common, "out=two.csv", "trainer=ddp_cpu", "trainer.devices=2"], tmp_path, timeout=600)
+    assert "from 2 processes" in proc.stdout
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["five", "one.csv", "two.csv"]  # parts cleaned up
+    bad = predict([*common, "task=evaluate", "out=x.csv", "trainer=ddp_cpu"], tmp_path, ok=False)
+    assert "runs task=predict only" in bad.stderr

@@ -1,0 +1,128 @@
+"""Multi-GPU / multi-node batch prediction through Lightning's ``Trainer.predict`` and a prediction writer.
+
+    python predict.py ckpt=... data.root=DIR trainer=ddp trainer.devices=4        # GPUs
+    python predict.py ckpt=... data.root=DIR trainer=ddp_cpu trainer.devices=2    # CPU processes (gloo)
+
+Every process predicts its share of the images (Lightning's distributed sampler) with the same code as the
+single-process path (:func:`steel_defect.inference.iter_predictions`) and writes its rows to a part file;
+after a barrier, rank 0 drops the sampler's padding repeats, orders the rows by ImageId and writes the
+submission with :func:`steel_defect.inference.write_submission`: the same bytes as one process writes.
+Only this path imports Lightning; plain prediction does not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+__all__ = ["run_distributed"]
+
+#: Trainer keys that this path sets itself (prediction writes no logs and no checkpoints).
+_FORCED = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+class _PredictModule(L.LightningModule):
+    """The nets + post-processing as a LightningModule whose ``predict_step`` returns finished rows."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module], params: Any, tta: Sequence[str], amp: bool) -> None:
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        self.params, self.tta, self.amp = params, list(tta), bool(amp)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[tuple[str, list[str], bool]]:
+        from steel_defect.inference import iter_predictions
+
+        preds = iter_predictions(list(self.nets), [batch], self.params, self.device, self.tta, self.amp)
+        return [(p.image_id, p.rles, p.ok) for p in preds]
+
+
+class _PartWriter(BasePredictionWriter):
+    """Each process writes its rows to ``parts/rank<N>.json`` at the end of the predict epoch."""
+
+    def __init__(self, parts: Path) -> None:
+        super().__init__(write_interval="epoch")
+        self.parts = parts
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # noqa: ANN001
+        rows = [row for batch in predictions for row in batch]
+        self.parts.mkdir(parents=True, exist_ok=True)
+        path = self.parts / f"rank{trainer.global_rank}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows), encoding="utf-8")
+        tmp.replace(path)
+
+
+def merge_parts(parts: Path, world_size: int) -> list[tuple[str, list[str], bool]]:
+    """Rows of every rank, each image once (the sampler pads by repeating images), ordered by ImageId."""
+    rows: dict[str, tuple[str, list[str], bool]] = {}
+    for rank in range(world_size):
+        path = parts / f"rank{rank}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"rank {rank} wrote no predictions ({path} is missing)")
+        for image_id, rles, ok in json.loads(path.read_text(encoding="utf-8")):
+            rows.setdefault(str(image_id), (str(image_id), list(rles), bool(ok)))
+    return [rows[k] for k in sorted(rows)]
+
+
+def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """task=predict with ``trainer=...``: the submission ``c.out`` from every process's share."""
+    from torch.utils.data import DataLoader
+
+    from steel_defect.data.dataset import PredictDataset, predict_collate
+    from steel_defect.data.transforms import build_transforms
+    from steel_defect.inference import (
+        _images_dir,
+        check_thresholds_binding,
+        check_thresholds_for_nets,
+        load_nets,
+        net_stride,
+        resolve_thresholds,
+        write_submission,
+    )
+
+    if c.task != "predict":
+        raise ValueError(f"trainer=... (distributed prediction) runs task=predict only, not task={c.task}")
+    kwargs = {k: v for k, v in dict(trainer_cfg).items() if k != "_target_"}
+    unknown = sorted(set(_FORCED) & set(kwargs))
+    for key in unknown:
+        kwargs.pop(key)
+    images = _images_dir(c, "test_images")
+    nets, metas = load_nets(c.ckpt, "cpu", c.runtime)
+    params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
+    check_thresholds_for_nets(params, nets, source, c.ckpt)
+    if c.check_thresholds:
+        check_thresholds_binding(source, metas[0], nets, c.tta, c.ckpt)
+    stride = net_stride(nets)
+    dataset = PredictDataset(images, build_transforms("predict"), fallback_shape=(stride, stride))
+    loader = DataLoader(
+        dataset, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers, collate_fn=predict_collate
+    )
+    parts = Path(str(c.out) + ".parts")
+    trainer = L.Trainer(**kwargs, **_FORCED, callbacks=[_PartWriter(parts)])
+    module = _PredictModule(nets, params, c.tta, amp=c.amp and trainer.strategy.root_device.type == "cuda")
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    summary: dict[str, Any] = {"out": str(c.out), "processes": trainer.world_size, "thresholds": source}
+    if trainer.is_global_zero:
+        rows = merge_parts(parts, trainer.world_size)
+        summary["images"] = write_submission(((i, r) for i, r, _ in rows), c.out, c.format)
+        summary["unreadable"] = [i for i, _, ok in rows if not ok]
+        shutil.rmtree(parts, ignore_errors=True)
+        print(
+            f"wrote {c.out}: {summary['images']} images from {trainer.world_size} processes; thresholds: {source}",
+            flush=True,
+        )
+    trainer.strategy.barrier()
+    return summary
