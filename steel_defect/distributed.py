@@ -6,7 +6,7 @@
 Every process predicts its share of the images (Lightning's distributed sampler) with the same code as the
 single-process path (:func:`steel_defect.inference.iter_predictions`) and writes its rows to a part file;
 after a barrier, rank 0 drops the sampler's padding repeats, orders the rows by ImageId and writes the
-submission with :func:`steel_defect.inference.write_submission`: the same bytes as one process writes.
+submission with :func:`steel_defect.submission.write_submission`: the same bytes as one process writes.
 Only this path imports Lightning; plain prediction does not.
 """
 
@@ -89,8 +89,8 @@ def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
         load_nets,
         net_stride,
         resolve_thresholds,
-        write_submission,
     )
+    from steel_defect.submission import write_submission
 
     if c.task != "predict":
         raise ValueError(f"trainer=... (distributed prediction) runs task=predict only, not task={c.task}")

@@ -246,9 +246,10 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     tmp_path, small_synthetic, image_head
 ):
     """With an image head the thresholds gate on it, so the ONNX image output is used by the submission."""
-    from steel_defect.inference import read_submission, run
+    from steel_defect.inference import run
     from steel_defect.models.checkpoint import load_net_from_checkpoint
     from steel_defect.postprocess import load_thresholds
+    from steel_defect.submission import read_submission
 
     ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt", image_head=image_head)
     images = small_synthetic / "test_images"

@@ -29,10 +29,8 @@ from steel_defect.inference import (
     pad_to_multiple,
     parse_config,
     predict_batch,
-    read_submission,
     resolve_thresholds,
     run,
-    write_submission,
 )
 from steel_defect.postprocess import PostprocessParams, postprocess
 from steel_defect.report import (
@@ -43,6 +41,7 @@ from steel_defect.report import (
     render_overlay,
 )
 from steel_defect.rle import rle_decode, rle_encode
+from steel_defect.submission import read_submission, write_submission
 from tests.conftest import REPO, SAMPLES
 
 SHAPE = (64, 320)

@@ -13,7 +13,7 @@ import cv2
 import pytest
 import yaml
 
-from steel_defect.inference import read_submission
+from steel_defect.submission import read_submission
 from tests.conftest import REPO
 from tests.test_inference import tiny_run
 
