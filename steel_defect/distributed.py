@@ -78,37 +78,16 @@ def merge_parts(parts: Path, world_size: int) -> list[tuple[str, list[str], bool
 
 def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """task=predict with ``trainer=...``: the submission ``c.out`` from every process's share."""
-    from torch.utils.data import DataLoader
-
-    from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.data.transforms import build_transforms
-    from steel_defect.inference import (
-        _images_dir,
-        check_thresholds_binding,
-        check_thresholds_for_nets,
-        load_nets,
-        net_stride,
-        resolve_thresholds,
-    )
+    from steel_defect.inference import _images_dir, checked_thresholds, load_nets, prediction_loader
     from steel_defect.submission import write_submission
 
     if c.task != "predict":
         raise ValueError(f"trainer=... (distributed prediction) runs task=predict only, not task={c.task}")
-    kwargs = {k: v for k, v in dict(trainer_cfg).items() if k != "_target_"}
-    unknown = sorted(set(_FORCED) & set(kwargs))
-    for key in unknown:
-        kwargs.pop(key)
+    kwargs = {k: v for k, v in dict(trainer_cfg).items() if k != "_target_" and k not in _FORCED}
     images = _images_dir(c, "test_images")
     nets, metas = load_nets(c.ckpt, "cpu", c.runtime)
-    params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
-    check_thresholds_for_nets(params, nets, source, c.ckpt)
-    if c.check_thresholds:
-        check_thresholds_binding(source, metas[0], nets, c.tta, c.ckpt)
-    stride = net_stride(nets)
-    dataset = PredictDataset(images, build_transforms("predict"), fallback_shape=(stride, stride))
-    loader = DataLoader(
-        dataset, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers, collate_fn=predict_collate
-    )
+    params, source = checked_thresholds(c.thresholds, c.ckpt, nets, metas, c.tta, c.check_thresholds)
+    loader = prediction_loader(images, nets, c.batch_size, c.num_workers)
     parts = Path(str(c.out) + ".parts")
     trainer = L.Trainer(**kwargs, **_FORCED, callbacks=[_PartWriter(parts)])
     module = _PredictModule(nets, params, c.tta, amp=c.amp and trainer.strategy.root_device.type == "cuda")

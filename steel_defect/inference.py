@@ -356,6 +356,13 @@ def resolve_device(name: str) -> torch.device:
 # ======================================================================================================
 # Checkpoints and thresholds
 # ======================================================================================================
+def runtime_kind(runtime: str, path: str | os.PathLike) -> str:
+    """``torch`` or ``onnx``: what ``runtime`` runs the model file ``path`` with (auto: by its suffix)."""
+    if runtime == "auto":
+        return "onnx" if Path(path).suffix == ".onnx" else "torch"
+    return runtime
+
+
 def load_nets(
     paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu", runtime: str = "torch"
 ) -> tuple[list[torch.nn.Module], list[dict[str, Any]]]:
@@ -371,8 +378,7 @@ def load_nets(
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
-        kind = ("onnx" if path.suffix == ".onnx" else "torch") if runtime == "auto" else runtime
-        if kind == "torch":
+        if runtime_kind(runtime, path) == "torch":
             from steel_defect.models.checkpoint import load_net_from_checkpoint
 
             try:
@@ -491,6 +497,23 @@ def check_thresholds_binding(
             "(python predict.py task=tune ckpt=[...] tta=[...], or task=tune_oof for k-fold checkpoints), use "
             "thresholds=defaults or thresholds=raw, or check_thresholds=false to use them anyway"
         )
+
+
+def checked_thresholds(
+    mode: str,
+    ckpts: Sequence[Any],
+    nets: Sequence[torch.nn.Module],
+    metas: Sequence[Mapping[str, Any]],
+    tta: Sequence[str],
+    check_binding: bool = True,
+) -> tuple[Any, str]:
+    """:func:`resolve_thresholds` for ``nets``, refused before any prediction when they gate on an image head
+    a net lacks or (with ``check_binding``) were tuned for other weights or another TTA."""
+    params, source = resolve_thresholds(mode, ckpts[0], metas[0])
+    check_thresholds_for_nets(params, nets, source, ckpts)
+    if check_binding:
+        check_thresholds_binding(source, metas[0], nets, tta, ckpts)
+    return params, source
 
 
 def check_thresholds_for_nets(
@@ -677,6 +700,33 @@ class _Evaluation:
         return true_masks
 
 
+def prediction_loader(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    nets: Sequence[torch.nn.Module],
+    batch_size: int = 4,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """A loader of the unlabelled images of ``source`` (a folder, sorted by name, a file or a list), batched
+    by :func:`~steel_defect.data.dataset.predict_collate` into same-size sub-batches, in order."""
+    from torch.utils.data import DataLoader
+
+    from steel_defect.data.dataset import PredictDataset, predict_collate
+    from steel_defect.data.transforms import build_transforms
+
+    stride = net_stride(nets)
+    # Unreadable images never reach the network, so their stand-in image is as small as possible.
+    dataset = PredictDataset(source, build_transforms("predict"), fallback_shape=(stride, stride))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=predict_collate,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+
+
 def predict_images(
     nets: Sequence[torch.nn.Module],
     source: str | os.PathLike | Sequence[str | os.PathLike],
@@ -700,25 +750,12 @@ def predict_images(
     own size (padded to the stride). With ``labels`` (a csv), also scores every image (``evaluation`` in the
     returned summary). The first ``overlays`` readable images are drawn to ``overlays_dir`` as PNG.
     """
-    from torch.utils.data import DataLoader
-
-    from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.data.transforms import build_transforms
     from steel_defect.report import evaluation_report, render_overlay, save_overlay
 
     device = torch.device(device)
-    stride = net_stride(nets)
-    # Unreadable images never reach the network, so their stand-in image is as small as possible.
-    dataset = PredictDataset(source, build_transforms("predict"), fallback_shape=(stride, stride))
+    loader = prediction_loader(source, nets, batch_size, num_workers, device)
+    dataset = loader.dataset
     truth = None if labels is None else read_labels(labels, dataset.image_ids)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=predict_collate,
-        pin_memory=device.type == "cuda",
-    )
     console = console if console is not None else _stderr_console()
     evaluation = _Evaluation() if truth is not None else None
     unreadable: list[str] = []
@@ -815,11 +852,9 @@ def _setup(
 ) -> tuple[torch.device, list[torch.nn.Module], list[dict[str, Any]], Any, str, bool]:
     device = resolve_device(c.device)
     nets, metas = load_nets(c.ckpt, device, c.runtime)
-    params, source = resolve_thresholds(c.thresholds, c.ckpt[0], metas[0])
-    check_thresholds_for_nets(params, nets, source, c.ckpt)
-    if c.check_thresholds and c.task not in ("tune", "tune_oof"):
-        check_thresholds_binding(source, metas[0], nets, c.tta, c.ckpt)
-    amp = c.amp and device.type == "cuda" and c.runtime != "onnx" and not str(c.ckpt[0]).endswith(".onnx")
+    check_binding = c.check_thresholds and c.task not in ("tune", "tune_oof")
+    params, source = checked_thresholds(c.thresholds, c.ckpt, nets, metas, c.tta, check_binding)
+    amp = c.amp and device.type == "cuda" and runtime_kind(c.runtime, c.ckpt[0]) == "torch"
     return device, nets, metas, params, source, amp
 
 

@@ -439,13 +439,11 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
     from steel_defect.inference import (
-        check_thresholds_binding,
-        check_thresholds_for_nets,
+        checked_thresholds,
         format_summary,
         load_nets,
         predict_images,
         resolve_device,
-        resolve_thresholds,
     )
 
     bundle = Path(bundle)
@@ -465,9 +463,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         if thresholds
         else "auto"
     )
-    params, source = resolve_thresholds(mode, ckpts[0], metas[0])
-    check_thresholds_for_nets(params, nets, source, ckpts)
-    check_thresholds_binding(source, metas[0], nets, list(settings["tta"]), ckpts)
+    params, source = checked_thresholds(mode, ckpts, nets, metas, list(settings["tta"]))
     amp = bool(settings["amp"]) and device.type == "cuda"
     summary = predict_images(
         nets,

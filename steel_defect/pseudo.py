@@ -177,11 +177,8 @@ def run_pseudo(c: Any, console: Any = None) -> dict[str, Any]:
     their thresholds, keep the images that pass :func:`pseudo_decision`, write ``out`` (a csv) and its
     empty list; returns and prints the counts."""
     from rich.console import Console
-    from torch.utils.data import DataLoader
 
-    from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.data.transforms import build_transforms
-    from steel_defect.inference import _images_dir, _setup, iter_predictions, net_stride
+    from steel_defect.inference import _images_dir, _setup, iter_predictions, prediction_loader
     from steel_defect.rle import masks_to_rles
 
     console = console if console is not None else Console()
@@ -193,11 +190,7 @@ def run_pseudo(c: Any, console: Any = None) -> dict[str, Any]:
     rule = PseudoRule.from_dict(c.pseudo)
     images = _images_dir(c, "test_images")
     device, nets, _, params, source, amp = _setup(c)
-    stride = net_stride(nets)
-    dataset = PredictDataset(images, build_transforms("predict"), fallback_shape=(stride, stride))
-    loader = DataLoader(
-        dataset, batch_size=c.batch_size, num_workers=c.num_workers, collate_fn=predict_collate
-    )
+    loader = prediction_loader(images, nets, c.batch_size, c.num_workers, device)
     labelled: list[tuple[str, list[str]]] = []
     empty: list[str] = []
     per_class = np.zeros(0, dtype=np.int64)
@@ -214,7 +207,7 @@ def run_pseudo(c: Any, console: Any = None) -> dict[str, Any]:
             present = pred.masks.reshape(len(pred.masks), -1).any(axis=1).astype(np.int64)
             per_class = present if per_class.size == 0 else per_class + present
     csv_path, empty_path = write_pseudo_labels(c.out, labelled, empty)
-    n = len(dataset)
+    n = len(loader.dataset)
     summary = {
         "images": n,
         "labelled": len(labelled),

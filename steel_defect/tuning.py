@@ -73,7 +73,8 @@ _TIE_TOL = 1e-12
 
 
 def check_pix_modes(modes: Any, key: str = "pix_modes") -> list[str]:
-    """``modes`` as a list of distinct PIX_MODES names; ``plain`` first (the notebook's), order kept otherwise."""
+    """``modes`` as a list of distinct PIX_MODES names, in their given order (TuningStats puts ``plain``,
+    the notebook's, first)."""
     if isinstance(modes, str) or not _is_seq(modes) or not len(modes):
         raise ValueError(f"{key} must be a non-empty list drawn from {', '.join(PIX_MODES)}, got {modes!r}")
     bad = [m for m in modes if m not in PIX_MODES]

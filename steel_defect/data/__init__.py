@@ -6,8 +6,7 @@ does not pull in Lightning, torch or albumentations until they are needed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from steel_defect._lazy import lazy_getattr
 
 _EXPORTS: dict[str, str] = {
     "AnnotationError": "annotations",
@@ -33,11 +32,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its submodule on first access (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

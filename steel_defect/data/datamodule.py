@@ -360,15 +360,18 @@ class SteelDataModule(L.LightningDataModule):
             ids = ids[: int(limit)]
         return df.set_index("ImageId").loc[ids].reset_index()
 
+    @property
+    def _seed(self) -> int:
+        """The split's seed: also seeds sampling and augmentation."""
+        return int(self.split_cfg.get("seed", 0) or 0)
+
+    def _train_transform(self) -> Any:
+        """The training augmentation pipeline (train split and pseudo-labelled images alike)."""
+        return build_transforms("train", crop_width=self._crop_width(), shape=self.shape, **self.augment)
+
     def _dataset(self, df: pd.DataFrame, stage: str) -> SteelDataset:
         hp = self.hparams
-        if stage == "train":
-            transform = build_transforms(
-                "train", crop_width=self._crop_width(), shape=self.shape, **self.augment
-            )
-        else:
-            transform = build_transforms("val", shape=self.shape)
-        seed = int(self.split_cfg.get("seed", 0) or 0)
+        transform = self._train_transform() if stage == "train" else build_transforms("val", shape=self.shape)
         blackout = float(hp.blackout_p) if stage == "train" else 0.0
         copy_paste = self.copy_paste if stage == "train" else None
         return SteelDataset(
@@ -377,7 +380,7 @@ class SteelDataModule(L.LightningDataModule):
             transform,
             shape=self.shape,
             blackout_p=blackout,
-            seed=seed,
+            seed=self._seed,
             copy_paste=copy_paste,
         )
 
@@ -415,8 +418,6 @@ class SteelDataModule(L.LightningDataModule):
         self.pseudo_frame = read_pseudo_labels(hp.pseudo_labels, images, self.shape, exclude=exclude)
         if self.pseudo_frame.empty:
             raise ValueError(f"data.pseudo_labels: {hp.pseudo_labels} holds no images")
-        transform = build_transforms("train", crop_width=self._crop_width(), shape=self.shape, **self.augment)
-        seed = int(self.split_cfg.get("seed", 0) or 0)
         log.info(
             "pseudo-labels: %d images from %s (%d with masks), %.0f%% of every training batch",
             len(self.pseudo_frame),
@@ -424,7 +425,9 @@ class SteelDataModule(L.LightningDataModule):
             int((self.pseudo_frame[RLE_COLUMNS] != "").any(axis=1).sum()),
             100 * float(hp.pseudo_share),
         )
-        return SteelDataset(self.pseudo_frame, images, transform, shape=self.shape, seed=seed + 1)
+        return SteelDataset(
+            self.pseudo_frame, images, self._train_transform(), shape=self.shape, seed=self._seed + 1
+        )
 
     # ---------------------------------------------------------------------------------------------- info
     @property
@@ -471,20 +474,18 @@ class SteelDataModule(L.LightningDataModule):
         if self.oversample:
             df = self._part("train", self.hparams.limit_train)
             weights = oversample_weights(df, float(self.oversample.get("power", 0.5)))
-        seed = int(self.split_cfg.get("seed", 0) or 0)
-        return EpochSampler(len(train), seed=seed, weights=weights)
+        return EpochSampler(len(train), seed=self._seed, weights=weights)
 
     def train_dataloader(self) -> DataLoader:
         train = self._require(self.train_dataset, "fit", "train")
         if self.pseudo_dataset is None:
             return self._loader(train, self.hparams.batch_size, sampler=self.train_sampler())
-        seed = int(self.split_cfg.get("seed", 0) or 0)
         sampler = PseudoMixSampler(
             self.train_sampler(),
             len(self.pseudo_dataset),
             int(self.hparams.batch_size),
             float(self.hparams.pseudo_share),
-            seed=seed,
+            seed=self._seed,
             world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
         return self._loader(

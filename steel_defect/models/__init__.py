@@ -6,8 +6,7 @@ Names are imported lazily (PEP 562), so that loading a checkpoint for prediction
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from steel_defect._lazy import lazy_getattr
 
 _EXPORTS: dict[str, str] = {
     "SegClsLoss": "losses",
@@ -21,11 +20,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its submodule on first access."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
