@@ -2,11 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-EXTRAS ?= dev,pretrained,onnx,optuna
+EXTRAS ?= dev,pretrained,onnx,optuna,serve
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint demo clean
+.PHONY: install browser test lint demo clean
 DEMO_DIR ?= logs/demo
 # real labelled Severstal images, when the shared folder is beside the checkout (the yardstick)
 REAL_DIR ?= ../shared/data/severstal-real
@@ -19,7 +19,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The viewer's browser test needs Chromium: installed with apt where this user can (root), else it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+		&& echo "installed chromium for the browser test"; } || echo "chromium not installed: the browser test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q
 
 lint: install

@@ -4,7 +4,7 @@
         [--runtimes eager channels_last compile onnx bf16] [--six-batch 1] [--six-calls 3] [--no-six] [--json out.json]
 
 Rows: runtime x batch x {no TTA, hflip TTA}: seconds per image, images/s and the projected minutes for the
-5,506 Kaggle test images. Every timing goes through :func:`steel_defect.inference.predict_batch` (sigmoid,
+5,506 Kaggle test images. Every timing goes through :func:`steel_defect.predictor.predict_batch` (sigmoid,
 TTA de-augmentation and averaging included), so it is the network cost of ``predict.py``. Then the per-image
 cost of the rest of ``predict.py``: JPEG decode + tensor, post-processing (the notebook's gates and area
 limits) and RLE encoding, on realistic synthetic masks, and their share of the time. Finally the original
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES  # noqa: E402
-from steel_defect.inference import predict_batch  # noqa: E402
+from steel_defect.predictor import predict_batch  # noqa: E402
 
 KAGGLE_TEST_IMAGES = 5506
 #: The competition's kernel limit and this project's goal, in minutes.

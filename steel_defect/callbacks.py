@@ -125,8 +125,8 @@ class TuneThresholds(L.Callback):
     @rank_zero_only
     def _tune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from steel_defect.fingerprint import net_fingerprint
-        from steel_defect.inference import collect_tuning_stats, load_nets
         from steel_defect.postprocess import PostprocessParams, save_thresholds
+        from steel_defect.predictor import collect_tuning_stats, load_nets
         from steel_defect.tuning import format_tuning_report, stats_for, tune_thresholds
 
         ckpt = trainer.checkpoint_callback

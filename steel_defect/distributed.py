@@ -4,7 +4,7 @@
     python predict.py ckpt=... data.root=DIR trainer=ddp_cpu trainer.devices=2    # CPU processes (gloo)
 
 Every process predicts its share of the images (Lightning's distributed sampler) with the same code as the
-single-process path (:func:`steel_defect.inference.iter_predictions`) and writes its rows to a part file;
+single-process path (:func:`steel_defect.predictor.iter_predictions`) and writes its rows to a part file;
 after a barrier, rank 0 drops the sampler's padding repeats, orders the rows by ImageId and writes the
 submission with :func:`steel_defect.submission.write_submission`: the same bytes as one process writes.
 Only this path imports Lightning; plain prediction does not.
@@ -42,7 +42,7 @@ class _PredictModule(L.LightningModule):
         self.params, self.tta, self.amp = params, list(tta), bool(amp)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[tuple[str, list[str], bool]]:
-        from steel_defect.inference import iter_predictions
+        from steel_defect.predictor import iter_predictions
 
         preds = iter_predictions(list(self.nets), [batch], self.params, self.device, self.tta, self.amp)
         return [(p.image_id, p.rles, p.ok) for p in preds]
@@ -78,8 +78,10 @@ def merge_parts(parts: Path, world_size: int) -> list[tuple[str, list[str], bool
 
 def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """task=predict with ``trainer=...``: the submission ``c.out`` from every process's share."""
-    from steel_defect.inference import _images_dir, checked_thresholds, load_nets, prediction_loader
+    from steel_defect.inference import _images_dir
+    from steel_defect.predictor import load_nets, prediction_loader
     from steel_defect.submission import write_submission
+    from steel_defect.thresholds import checked_thresholds
 
     if c.task != "predict":
         raise ValueError(f"trainer=... (distributed prediction) runs task=predict only, not task={c.task}")

@@ -11,7 +11,7 @@ only ``onnx``, handles smp/timm U-Nets (resnet, EfficientNet, TF-"same"-padded L
 and the result is verified against torch after every export, so it is used here.
 
 :class:`OnnxNet` is a ``torch.nn.Module`` taking and returning torch tensors, so
-:func:`steel_defect.inference.predict_batch` (padding, TTA, averaging) and all post-processing stay identical
+:func:`steel_defect.predictor.predict_batch` (padding, TTA, averaging) and all post-processing stay identical
 whichever runtime produced the logits. onnx/onnxruntime are an optional extra: ``pip install
 "steel-defect[onnx]"``.
 """
@@ -327,7 +327,7 @@ class OnnxNet(nn.Module):
 def compare_with_torch(net: nn.Module, onnx_net: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Largest absolute differences of the sigmoid probabilities between ``net`` and ``onnx_net``
     (keys ``mask``, ``class`` and, for nets with an image head, ``image``)."""
-    from steel_defect.inference import split_outputs
+    from steel_defect.predictor import split_outputs
 
     was_training = net.training
     net.eval()

@@ -70,13 +70,9 @@ def run_tune_oof(c: Any, console: Any = None) -> dict[str, Any]:
 
     from steel_defect.data.splits import load_split
     from steel_defect.fingerprint import net_fingerprint
-    from steel_defect.inference import (
-        _setup,
-        _tuning_sources,
-        iter_probabilities,
-        labelled_loader,
-    )
+    from steel_defect.inference import _setup, _tuning_sources, labelled_loader
     from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.predictor import iter_probabilities
     from steel_defect.tuning import TuningStats, format_tuning_report, stats_for, tune_thresholds
 
     console = console if console is not None else Console()
@@ -93,7 +89,8 @@ def run_tune_oof(c: Any, console: Any = None) -> dict[str, Any]:
     splits = [load_split(p) for p in split_paths]
     check_folds(splits, split_paths)
     images, labels = _tuning_sources(c)
-    device, nets, metas, _, _, amp = _setup(c)
+    predictor = _setup(c)
+    nets, metas, device, amp = predictor.nets, predictor.metas, predictor.device, predictor.amp
     base = PostprocessParams.from_dict(metas[0]["postprocess"]) if metas[0].get("postprocess") else None
     stats = TuningStats(**stats_for(base, c.pix_modes))
     folds = []

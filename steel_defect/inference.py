@@ -1,610 +1,42 @@
-"""Full-resolution inference: batched probabilities with padding to the network stride, TTA as exact
-augment/de-augment pairs, checkpoint averaging, and the validation-split statistics used for tuning.
-
-On top of that core, the tasks of ``predict.py`` (``run(cfg)`` dispatches on ``cfg["task"]``):
+"""The tasks of ``predict.py`` (``run(cfg)`` dispatches on ``cfg["task"]``), on top of the inference core
+(:mod:`steel_defect.predictor`):
 
 * ``predict``: a folder of images -> ``submission.csv`` (streamed: probabilities live one batch at a time);
 * ``evaluate``: the same on a labelled folder, plus the notebook's report (``evaluation.json``);
 * ``tune``: threshold search on the run's validation split -> ``thresholds.yaml`` beside the checkpoint;
+* ``tune_oof`` (:mod:`steel_defect.folds`), ``pseudo`` (:mod:`steel_defect.pseudo`);
 * ``export``: a checkpoint -> ONNX (``steel_defect.export``).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import os
-import pickle
 import time
-import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from steel_defect import NUM_CLASSES
 from steel_defect.io import atomic_write
-from steel_defect.submission import SUBMISSION_FORMATS, write_submission
+from steel_defect.predict_config import PredictConfig, parse_config
+from steel_defect.predictor import Predictor, collect_tuning_stats, load_nets
+from steel_defect.submission import write_submission
+from steel_defect.thresholds import (
+    THRESHOLDS_FILE,
+    check_thresholds_binding,
+    resolve_thresholds,
+    thresholds_binding,
+)
 
 log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
-
-#: name -> (augment, de-augment) on (B, C, H, W) tensors. Each pair is an exact inverse (tested); class
-#: logits are invariant to these flips, so only the mask probabilities are de-augmented.
-TTA_TRANSFORMS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "hflip": (lambda x: x.flip(-1), lambda y: y.flip(-1)),
-    "vflip": (lambda x: x.flip(-2), lambda y: y.flip(-2)),
-    "hvflip": (lambda x: x.flip(-1, -2), lambda y: y.flip(-1, -2)),
-}
-
-
-def check_tta(names: Iterable[str]) -> list[str]:
-    """Validate TTA names, listing the valid ones on error."""
-    names = list(names or [])
-    bad = [n for n in names if n not in TTA_TRANSFORMS]
-    if bad:
-        raise ValueError(f"unknown tta {bad}; valid: {sorted(TTA_TRANSFORMS)}")
-    return names
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 32) -> tuple[Tensor, tuple[int, int]]:
-    """Zero-pad (B, C, H, W) at the bottom/right so H and W are multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x, (h, w)
-
-
-def split_outputs(out: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """A net's output -> ``(mask_logits, class_logits, image_logits or None)``.
-
-    Nets return ``(mask_logits, class_logits)``, or with an image head (``model.net.image_head``) a third
-    output, the "image has any defect" logits (B,).
-    """
-    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
-        got = f"a {len(out)}-tuple" if isinstance(out, tuple | list) else type(out).__name__
-        raise ValueError(f"a net must return (mask_logits, class_logits[, image_logits]), got {got}")
-    return out[0], out[1], (out[2] if len(out) == 3 else None)
-
-
-def net_stride(nets: torch.nn.Module | Sequence[torch.nn.Module]) -> int:
-    """The padding multiple for ``nets``: the lcm of their ``output_stride`` (32 when they have none)."""
-    nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
-    stride = 1
-    for net in nets:
-        stride = int(np.lcm(stride, int(getattr(net, "output_stride", None) or 32)))
-    return stride
-
-
-@torch.inference_mode()
-def predict_batch(
-    nets: torch.nn.Module | Sequence[torch.nn.Module],
-    images: Tensor,
-    tta: Sequence[str] = (),
-    amp: bool = False,
-    stride: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Sigmoid probabilities ``(mask_probs (B,4,H,W), class_probs (B,4), image_probs (B,) or None)`` for
-    float images in [0, 1]; ``image_probs`` is the image head's "any defect" probability, None unless
-    every net has an image head.
-
-    Averages over the identity view, every TTA view and every network (checkpoint ensemble). Images of any
-    size are padded to the stride (default: the nets' ``output_stride``, else 32) and the output cropped back.
-    """
-    nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
-    views = [(lambda x: x, lambda y: y)] + [TTA_TRANSFORMS[n] for n in check_tta(tta)]
-    x, (h, w) = pad_to_multiple(images, net_stride(nets) if stride is None else stride)
-    autocast = torch.autocast(
-        x.device.type, dtype=torch.bfloat16 if x.device.type == "cpu" else torch.float16
-    )
-    mask_sum, cls_sum, img_sum = 0.0, 0.0, 0.0
-    every_image_head = True
-    for net in nets:
-        for aug, deaug in views:
-            with autocast if amp else nullcontext():
-                mask_logits, cls_logits, img_logits = split_outputs(net(aug(x)))
-            mask_sum = mask_sum + deaug(mask_logits.float().sigmoid())
-            cls_sum = cls_sum + cls_logits.float().sigmoid()
-            if img_logits is None:
-                every_image_head = False
-            else:
-                img_sum = img_sum + img_logits.float().sigmoid()
-    n = len(nets) * len(views)
-    return (mask_sum / n)[..., :h, :w], cls_sum / n, (img_sum / n if every_image_head else None)
-
-
-def iter_probabilities(
-    nets: torch.nn.Module | Sequence[torch.nn.Module],
-    loader: Iterable[dict],
-    device: str | torch.device = "cpu",
-    tta: Sequence[str] = (),
-    amp: bool = False,
-) -> Iterator[tuple[dict, Tensor, Tensor, Tensor | None]]:
-    """Yield ``(batch, mask_probs, class_probs, image_probs or None)`` for every batch of a loader of dict
-    batches (see :func:`predict_batch`)."""
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        mask_probs, class_probs, image_probs = predict_batch(nets, images, tta=tta, amp=amp)
-        yield batch, mask_probs, class_probs, image_probs
-
-
-def collect_tuning_stats(
-    nets: torch.nn.Module | Sequence[torch.nn.Module],
-    loader: Iterable[dict],
-    device: str | torch.device = "cpu",
-    tta: Sequence[str] = (),
-    amp: bool = False,
-    **stats_kwargs,
-):
-    """Run the network(s) over a labelled loader and accumulate :class:`TuningStats` (memory-light; with
-    the image head's probabilities when every net has one)."""
-    from steel_defect.tuning import TuningStats
-
-    stats = TuningStats(**stats_kwargs)
-    for batch, mask_probs, class_probs, image_probs in iter_probabilities(nets, loader, device, tta, amp):
-        stats.update(
-            mask_probs.cpu().numpy(),
-            class_probs.cpu().numpy(),
-            batch["mask"].numpy() > 0.5,
-            None if image_probs is None else image_probs.cpu().numpy(),
-        )
-    return stats
-
-
-# ======================================================================================================
-# Configuration (conf/predict.yaml)
-# ======================================================================================================
-TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "export")
-#: auto: the fast path that keeps the output faithful (checkpoints: torch with channels_last weights; .onnx
-#: files: ONNX Runtime); torch: the eager fp32 reference; onnx: exported models.
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
-THRESHOLD_MODES: tuple[str, ...] = ("auto", "defaults", "raw")
-THRESHOLDS_FILE = "thresholds.yaml"
-
-#: Every key of conf/predict.yaml with its default (kept equal to the YAML by a test).
-DEFAULTS: dict[str, Any] = {
-    "task": "predict",
-    "ckpt": "???",
-    "thresholds": "auto",
-    "data": {"root": None, "images": None, "labels": None, "split": None},
-    "images": None,
-    "out": "submission.csv",
-    "format": "current",
-    "batch_size": 4,
-    "num_workers": 2,
-    "device": "auto",
-    "amp": True,
-    "tta": [],
-    "overlays": 0,
-    "overlays_dir": "overlays",
-    "runtime": "auto",
-    "check_thresholds": True,
-    "pix_modes": ["plain"],
-    "pseudo": {"t_pos": 0.95, "t_neg": 0.05},
-    "export": {
-        "out": None,
-        "opset": 17,
-        "dynamic_width": False,
-        "height": 256,
-        "width": 1600,
-    },
-}
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """The validated configuration of one ``predict.py`` run (see :data:`DEFAULTS` and conf/predict.yaml)."""
-
-    task: str
-    ckpt: tuple[Path, ...]
-    thresholds: str
-    root: Path | None
-    images: Path | None
-    labels: Path | None
-    split: Path | None
-    out: Path
-    format: str
-    batch_size: int
-    num_workers: int
-    device: str
-    amp: bool
-    tta: tuple[str, ...]
-    overlays: int
-    overlays_dir: Path
-    runtime: str
-    check_thresholds: bool = True
-    pix_modes: tuple[str, ...] = ("plain",)
-    pseudo: dict[str, float] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
-
-
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-    return value
-
-
-def _int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _path(key: str, value: Any) -> Path | None:
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise ValueError(f"{key} must be a path, got {value!r}")
-    return Path(os.path.expanduser(str(value)))
-
-
-def _merge(defaults: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``cfg`` over ``defaults``; unknown keys raise naming the key and the valid ones."""
-    out = copy.deepcopy(dict(defaults))
-    for key, value in cfg.items():
-        if key not in defaults:
-            raise ValueError(f"unknown config key '{prefix}{key}'; valid keys: {', '.join(defaults)}")
-        if isinstance(defaults[key], Mapping):
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{prefix}{key} must be a mapping, got {value!r}")
-            out[key] = _merge(defaults[key], value, f"{prefix}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
-def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
-    """Validate a plain ``predict.yaml`` dict early; every error names the key and the valid choices."""
-    from steel_defect.pseudo import PseudoRule
-    from steel_defect.tuning import check_pix_modes
-
-    c = _merge(DEFAULTS, cfg)
-    task = _choice("task", c["task"], TASKS)
-    ckpt = c["ckpt"]
-    if ckpt is None or ckpt == "???" or ckpt == []:
-        raise ValueError(
-            "ckpt is required: ckpt=PATH, or ckpt=[a.ckpt,b.ckpt] to average several checkpoints"
-        )
-    ckpts = [ckpt] if isinstance(ckpt, str | os.PathLike) else ckpt
-    if not isinstance(ckpts, Sequence) or not all(isinstance(p, str | os.PathLike) for p in ckpts):
-        raise ValueError(f"ckpt must be a path or a list of paths, got {ckpt!r}")
-    thresholds = c["thresholds"]
-    if not isinstance(thresholds, str) or not thresholds.strip():
-        raise ValueError(
-            f"thresholds must be one of {', '.join(THRESHOLD_MODES)} or a path to a yaml file, got {thresholds!r}"
-        )
-    data = c["data"]
-    images, alias = _path("data.images", data["images"]), _path("images", c["images"])
-    if images is not None and alias is not None and images != alias:
-        raise ValueError(f"images={alias} and data.images={images} disagree; give one of them")
-    tta = c["tta"] or []
-    if isinstance(tta, str) or not isinstance(tta, Sequence):
-        raise ValueError(f"tta must be a list such as [hflip,vflip], got {tta!r}")
-    bad_tta = [t for t in tta if t not in TTA_TRANSFORMS]
-    if bad_tta:
-        raise ValueError(f"tta={list(tta)!r}: unknown {bad_tta}; choose from: {', '.join(TTA_TRANSFORMS)}")
-    device = c["device"]
-    if not isinstance(device, str):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device != "auto":
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"device={device!r} is not valid (auto, cpu, cuda, cuda:N): {err}") from err
-    exp = c["export"]
-    out = _path("out", c["out"])
-    if out is None:
-        raise ValueError("out must be a file path such as submission.csv")
-    return PredictConfig(
-        task=task,
-        ckpt=tuple(Path(os.path.expanduser(str(p))) for p in ckpts),
-        thresholds=thresholds.strip(),
-        root=_path("data.root", data["root"]),
-        images=images if images is not None else alias,
-        labels=_path("data.labels", data["labels"]),
-        split=_path("data.split", data["split"]),
-        out=out,
-        format=_choice("format", c["format"], SUBMISSION_FORMATS),
-        batch_size=_int("batch_size", c["batch_size"], 1),
-        num_workers=_int("num_workers", c["num_workers"], 0),
-        device=device,
-        amp=_bool("amp", c["amp"]),
-        tta=tuple(tta),
-        overlays=_int("overlays", c["overlays"], 0),
-        overlays_dir=_path("overlays_dir", c["overlays_dir"]) or Path("overlays"),
-        runtime=_choice("runtime", c["runtime"], RUNTIMES),
-        check_thresholds=_bool("check_thresholds", c["check_thresholds"]),
-        pix_modes=tuple(check_pix_modes(c["pix_modes"])),
-        pseudo=dataclasses.asdict(PseudoRule.from_dict(c["pseudo"])),
-        export={
-            "out": _path("export.out", exp["out"]),
-            "opset": _int("export.opset", exp["opset"], 1),
-            "dynamic_width": _bool("export.dynamic_width", exp["dynamic_width"]),
-            "height": _int("export.height", exp["height"], 1),
-            "width": _int("export.width", exp["width"], 1),
-        },
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an explicit cuda device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
-    return device
-
-
-# ======================================================================================================
-# Checkpoints and thresholds
-# ======================================================================================================
-def runtime_kind(runtime: str, path: str | os.PathLike) -> str:
-    """``torch`` or ``onnx``: what ``runtime`` runs the model file ``path`` with (auto: by its suffix)."""
-    if runtime == "auto":
-        return "onnx" if Path(path).suffix == ".onnx" else "torch"
-    return runtime
-
-
-def load_nets(
-    paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu", runtime: str = "torch"
-) -> tuple[list[torch.nn.Module], list[dict[str, Any]]]:
-    """Load every checkpoint (``weights_only=True``; or exported ONNX models) in eval mode on ``device``.
-
-    ``runtime``: ``torch`` (eager, the reference), ``onnx``, or ``auto``: ``.onnx`` files with ONNX Runtime,
-    checkpoints with their weights in channels_last memory format (1.4x faster convolutions on CPU, the same
-    Dice: see the README's faithfulness table). Returns the nets and their ``steel_defect`` metadata; all
-    must predict the same classes.
-    """
-    _choice("runtime", runtime, RUNTIMES)
-    nets, metas = [], []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
-        if runtime_kind(runtime, path) == "torch":
-            from steel_defect.models.checkpoint import load_net_from_checkpoint
-
-            try:
-                net, meta = load_net_from_checkpoint(path, map_location=device)
-            except pickle.UnpicklingError as err:
-                raise _refusal(path, err) from err
-            net = net.to(device).eval()
-            if runtime == "auto":
-                net = net.to(memory_format=torch.channels_last)
-        else:
-            from steel_defect.export import OnnxNet
-
-            net = OnnxNet(path, device=str(device))
-            meta = dict(net.meta.get("meta") or {})
-            meta.setdefault(
-                "classes", [str(c + 1) for c in range(int(net.meta.get("classes") or NUM_CLASSES))]
-            )
-        nets.append(net)
-        metas.append(dict(meta))
-    classes = [m.get("classes") for m in metas]
-    if any(c != classes[0] for c in classes):
-        detail = ", ".join(f"{p}: {c}" for p, c in zip(paths, classes, strict=True))
-        raise ValueError(f"ckpt: the checkpoints predict different classes and cannot be averaged ({detail})")
-    return nets, metas
-
-
-def _refusal(path: Path, err: Exception) -> ValueError:
-    """A clear error for a file that ``torch.load(weights_only=True)`` refused."""
-    if not zipfile.is_zipfile(path):
-        return ValueError(f"ckpt: not a steel-defect checkpoint (not a torch checkpoint file): {path}")
-    text = str(err)
-    detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
-    return ValueError(
-        f"ckpt: refused to load {path}: it holds pickled objects, not only tensors and plain values "
-        f"(torch.load with weights_only=True: {detail or text}). A checkpoint is data, never code: it is "
-        "never loaded with weights_only=False; re-save it with plain hyper-parameters."
-    )
-
-
-def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, Any] | None = None):
-    """The post-processing for ``thresholds=mode`` -> ``(PostprocessParams, description of the source)``.
-
-    ``auto``: ``thresholds.yaml`` beside ``ckpt`` if it exists, else the checkpoint's stored post-processing,
-    else the notebook defaults; ``defaults``: the notebook's; ``raw``: every gate off, pixel threshold 0.5;
-    anything else: a yaml file written by ``save_thresholds``.
-    """
-    from steel_defect.postprocess import PostprocessParams, load_thresholds
-
-    num_classes = len((meta or {}).get("classes") or []) or NUM_CLASSES
-    if mode == "raw":
-        return PostprocessParams.disabled(num_classes), "raw (no gates, pixel threshold 0.5)"
-    if mode == "defaults":
-        return PostprocessParams.notebook_defaults(), "the notebook's defaults"
-    if mode == "auto":
-        beside = Path(ckpt).parent / THRESHOLDS_FILE
-        if beside.is_file():
-            return load_thresholds(beside, num_classes), str(beside)
-        if meta and meta.get("tuned_thresholds"):  # an ONNX model exported with its tuned thresholds
-            tuned = meta["tuned_thresholds"]
-            return PostprocessParams.from_dict(tuned["params"], num_classes), f"{STORED_TUNED} {ckpt}"
-        if meta and meta.get("postprocess"):
-            return PostprocessParams.from_dict(meta["postprocess"], num_classes), f"stored in {ckpt}"
-        return PostprocessParams.notebook_defaults(), "the notebook's defaults"
-    path = Path(os.path.expanduser(mode))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"thresholds={mode!r}: no such file (use {', '.join(THRESHOLD_MODES)} or a path to a thresholds.yaml)"
-        )
-    return load_thresholds(path, num_classes), str(path)
-
-
-STORED_TUNED = "tuned thresholds stored in"
-
-
-def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """What the thresholds of ``source`` (from :func:`resolve_thresholds`) were tuned for: ``{"fingerprints",
-    "tta"}`` from a thresholds.yaml's meta or an ONNX model's stored thresholds; None when unknown (defaults,
-    raw, the checkpoint's own post-processing, or a file written before fingerprints existed)."""
-    import yaml
-
-    if source.startswith(STORED_TUNED):
-        tuned = (meta or {}).get("tuned_thresholds") or {}
-        return {"fingerprints": tuned.get("fingerprints"), "tta": tuned.get("tta") or []}
-    path = Path(source)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return None
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    file_meta = doc.get("meta") if isinstance(doc, Mapping) else None
-    if not isinstance(file_meta, Mapping) or not file_meta.get("fingerprints"):
-        return None
-    return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta.get("tta") or [])}
-
-
-def check_thresholds_binding(
-    source: str,
-    meta: Mapping[str, Any] | None,
-    nets: Sequence[torch.nn.Module],
-    tta: Sequence[str],
-    ckpts: Sequence[Any] = (),
-) -> None:
-    """Refuse thresholds tuned for other weights (content fingerprints) or another TTA than this run's."""
-    from steel_defect.fingerprint import net_fingerprint
-
-    binding = thresholds_binding(source, meta)
-    if binding is None or not binding["fingerprints"]:
-        return
-    want, have = sorted(binding["fingerprints"]), sorted(str(net_fingerprint(n)) for n in nets)
-    problems = []
-    if want != have:
-        problems.append(f"they were tuned for weights {want}, but {[str(p) for p in ckpts]} are {have}")
-    if list(binding["tta"]) != list(tta):
-        problems.append(f"they were tuned with tta={list(binding['tta'])}, this run uses tta={list(tta)}")
-    if problems:
-        raise ValueError(
-            f"thresholds from {source}: {'; '.join(problems)}. Re-tune them for what you predict with "
-            "(python predict.py task=tune ckpt=[...] tta=[...], or task=tune_oof for k-fold checkpoints), use "
-            "thresholds=defaults or thresholds=raw, or check_thresholds=false to use them anyway"
-        )
-
-
-def checked_thresholds(
-    mode: str,
-    ckpts: Sequence[Any],
-    nets: Sequence[torch.nn.Module],
-    metas: Sequence[Mapping[str, Any]],
-    tta: Sequence[str],
-    check_binding: bool = True,
-) -> tuple[Any, str]:
-    """:func:`resolve_thresholds` for ``nets``, refused before any prediction when they gate on an image head
-    a net lacks or (with ``check_binding``) were tuned for other weights or another TTA."""
-    params, source = resolve_thresholds(mode, ckpts[0], metas[0])
-    check_thresholds_for_nets(params, nets, source, ckpts)
-    if check_binding:
-        check_thresholds_binding(source, metas[0], nets, tta, ckpts)
-    return params, source
-
-
-def check_thresholds_for_nets(
-    params: Any, nets: Sequence[torch.nn.Module], source: str, ckpts: Sequence[Any] = ()
-) -> None:
-    """Fail before any prediction when ``params`` gate on the image head and a net has none."""
-    if params.t_img is None or params.img_source != "image_head":
-        return
-    lacking = [i for i, net in enumerate(nets) if not getattr(net, "image_head", False)]
-    if lacking:
-        names = [str(ckpts[i]) if i < len(ckpts) else f"net {i}" for i in lacking]
-        raise ValueError(
-            f"thresholds from {source}: img_source='image_head' (t_img={params.t_img}) needs the image head, "
-            f"but {', '.join(names)} has none (trained without model.net.image_head); use thresholds tuned "
-            "for this checkpoint, or img_source: max_cls"
-        )
-
-
-# ======================================================================================================
-# Streaming prediction
-# ======================================================================================================
-@dataclass
-class ImagePrediction:
-    """The result for one image. ``masks`` (C, H, W) bool and ``class_probs`` (C,) are None for an
-    unreadable image (``ok=False``); ``image`` (3, H, W) float in [0, 1] is the batch's tensor (CPU);
-    ``image_prob`` is the image head's "any defect" probability (None without an image head)."""
-
-    image_id: str
-    ok: bool
-    masks: np.ndarray | None
-    class_probs: np.ndarray | None
-    image: Tensor | None
-    image_prob: float | None = None
-
-    @property
-    def rles(self) -> list[str]:
-        from steel_defect.rle import masks_to_rles
-
-        return [""] * NUM_CLASSES if self.masks is None else masks_to_rles(self.masks)
-
-
-def iter_predictions(
-    nets: Sequence[torch.nn.Module],
-    loader: Iterable[Any],
-    params: Any,
-    device: torch.device | str = "cpu",
-    tta: Sequence[str] = (),
-    amp: bool = False,
-) -> Iterator[ImagePrediction]:
-    """Post-processed predictions, one image at a time, in dataset order.
-
-    ``loader`` yields :func:`~steel_defect.data.dataset.predict_collate` batches (lists of same-size
-    sub-batches with ``image``, ``image_id``, ``ok`` and ``index``) or plain dict batches. Unreadable images
-    (``ok=False``) never reach the network.
-    """
-    from steel_defect.postprocess import postprocess
-
-    for batch in loader:
-        groups = [batch] if isinstance(batch, Mapping) else list(batch)
-        results: dict[int, ImagePrediction] = {}
-        offset = 0
-        for sub in groups:
-            ids = list(sub["image_id"])
-            ok = (
-                torch.as_tensor(sub["ok"], dtype=torch.bool)
-                if "ok" in sub
-                else torch.ones(len(ids), dtype=torch.bool)
-            )
-            index = sub["index"].tolist() if "index" in sub else list(range(offset, offset + len(ids)))
-            offset += len(ids)
-            masks = probs = img = None
-            good = ok.nonzero().flatten()
-            if len(good):
-                images = sub["image"][good].to(device, non_blocking=True)
-                mask_probs, class_probs, image_probs = predict_batch(nets, images, tta=tta, amp=amp)
-                probs = class_probs.float().cpu().numpy()
-                img = None if image_probs is None else image_probs.float().cpu().numpy()
-                masks = postprocess(mask_probs.float().cpu().numpy(), probs, params, image_probs=img)
-            row = {int(g): j for j, g in enumerate(good.tolist())}
-            for i, image_id in enumerate(ids):
-                j = row.get(i)
-                results[index[i]] = ImagePrediction(
-                    image_id=str(image_id),
-                    ok=j is not None,
-                    masks=None if j is None else masks[j],
-                    class_probs=None if j is None else probs[j],
-                    image=sub["image"][i],
-                    image_prob=None if j is None or img is None else float(img[j]),
-                )
-        for i in sorted(results):
-            yield results[i]
 
 
 def _progress(console: Any):
@@ -700,42 +132,11 @@ class _Evaluation:
         return true_masks
 
 
-def prediction_loader(
-    source: str | os.PathLike | Sequence[str | os.PathLike],
-    nets: Sequence[torch.nn.Module],
-    batch_size: int = 4,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-) -> Any:
-    """A loader of the unlabelled images of ``source`` (a folder, sorted by name, a file or a list), batched
-    by :func:`~steel_defect.data.dataset.predict_collate` into same-size sub-batches, in order."""
-    from torch.utils.data import DataLoader
-
-    from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.data.transforms import build_transforms
-
-    stride = net_stride(nets)
-    # Unreadable images never reach the network, so their stand-in image is as small as possible.
-    dataset = PredictDataset(source, build_transforms("predict"), fallback_shape=(stride, stride))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=predict_collate,
-        pin_memory=torch.device(device).type == "cuda",
-    )
-
-
 def predict_images(
-    nets: Sequence[torch.nn.Module],
+    predictor: Predictor,
     source: str | os.PathLike | Sequence[str | os.PathLike],
-    params: Any,
     out: str | os.PathLike,
     fmt: str = "current",
-    device: torch.device | str = "cpu",
-    tta: Sequence[str] = (),
-    amp: bool = False,
     batch_size: int = 4,
     num_workers: int = 0,
     labels: str | os.PathLike | None = None,
@@ -752,14 +153,13 @@ def predict_images(
     """
     from steel_defect.report import evaluation_report, render_overlay, save_overlay
 
-    device = torch.device(device)
-    loader = prediction_loader(source, nets, batch_size, num_workers, device)
+    loader = predictor.loader(source, batch_size, num_workers)
     dataset = loader.dataset
     truth = None if labels is None else read_labels(labels, dataset.image_ids)
     console = console if console is not None else _stderr_console()
     evaluation = _Evaluation() if truth is not None else None
     unreadable: list[str] = []
-    nonempty = np.zeros(NUM_CLASSES, dtype=np.int64)
+    nonempty = np.zeros(predictor.num_classes, dtype=np.int64)
     written: list[Path] = []
     start = time.perf_counter()
 
@@ -768,7 +168,7 @@ def predict_images(
 
         def rows() -> Iterator[tuple[str, list[str]]]:
             done = 0
-            for pred in iter_predictions(nets, loader, params, device=device, tta=tta, amp=amp):
+            for pred in predictor.iter_loader(loader):
                 if not pred.ok:
                     unreadable.append(pred.image_id)
                     log.warning("unreadable image %s: written with empty masks", pred.image_id)
@@ -847,15 +247,17 @@ def _images_dir(c: PredictConfig, default: str) -> Path:
     return c.root / default
 
 
-def _setup(
-    c: PredictConfig,
-) -> tuple[torch.device, list[torch.nn.Module], list[dict[str, Any]], Any, str, bool]:
-    device = resolve_device(c.device)
-    nets, metas = load_nets(c.ckpt, device, c.runtime)
-    check_binding = c.check_thresholds and c.task not in ("tune", "tune_oof")
-    params, source = checked_thresholds(c.thresholds, c.ckpt, nets, metas, c.tta, check_binding)
-    amp = c.amp and device.type == "cuda" and runtime_kind(c.runtime, c.ckpt[0]) == "torch"
-    return device, nets, metas, params, source, amp
+def _setup(c: PredictConfig) -> Predictor:
+    """The run's :class:`Predictor` (thresholds checked against the weights, except when tuning them)."""
+    return Predictor.load(
+        c.ckpt,
+        thresholds=c.thresholds,
+        device=c.device,
+        runtime=c.runtime,
+        tta=c.tta,
+        amp=c.amp,
+        check_thresholds=c.check_thresholds and c.task not in ("tune", "tune_oof"),
+    )
 
 
 def run_predict(c: PredictConfig, console: Any = None) -> dict[str, Any]:
@@ -876,26 +278,23 @@ def run_predict(c: PredictConfig, console: Any = None) -> dict[str, Any]:
                     f"task=evaluate needs labels: set data.labels=CSV (no {default or 'data.root/test_labels.csv'})"
                 )
             labels = default
-    device, nets, _, params, source, amp = _setup(c)
+    predictor = _setup(c)
+    source, params = predictor.source, predictor.params
     log.info(
         "%s %s with %d checkpoint(s) on %s%s%s; thresholds: %s",
         c.task,
         images,
-        len(nets),
-        device,
+        len(predictor.nets),
+        predictor.device,
         f", tta {list(c.tta)}" if c.tta else "",
-        ", amp" if amp else "",
+        ", amp" if predictor.amp else "",
         source,
     )
     summary = predict_images(
-        nets,
+        predictor,
         images,
-        params,
         c.out,
         fmt=c.format,
-        device=device,
-        tta=c.tta,
-        amp=amp,
         batch_size=c.batch_size,
         num_workers=c.num_workers,
         labels=labels,
@@ -977,7 +376,6 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     from rich.console import Console
 
     from steel_defect.data.splits import load_split
-    from steel_defect.fingerprint import net_fingerprint
     from steel_defect.postprocess import PostprocessParams, save_thresholds
     from steel_defect.tuning import format_tuning_report, stats_for, tune_thresholds
 
@@ -991,7 +389,8 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     if not ids:
         raise ValueError(f"{split_path}: the validation split is empty")
     images, labels = _tuning_sources(c)
-    device, nets, metas, _, _, amp = _setup(c)
+    predictor = _setup(c)
+    nets, metas, device = predictor.nets, predictor.metas, predictor.device
     loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device)
     base = PostprocessParams.from_dict(metas[0]["postprocess"]) if metas[0].get("postprocess") else None
     kwargs = stats_for(base, c.pix_modes)
@@ -1003,7 +402,7 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
                 yield batch
                 progress.update(task, advance=len(batch["image_id"]))
 
-        stats = collect_tuning_stats(nets, tracked(), device=device, tta=c.tta, amp=amp, **kwargs)
+        stats = collect_tuning_stats(nets, tracked(), device=device, tta=c.tta, amp=predictor.amp, **kwargs)
     params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
     path = c.ckpt[0].parent / THRESHOLDS_FILE
     save_thresholds(
@@ -1013,7 +412,7 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
         meta={
             "checkpoint": c.ckpt[0].name,
             "checkpoints": [str(p) for p in c.ckpt],
-            "fingerprints": [net_fingerprint(n) for n in nets],
+            "fingerprints": predictor.fingerprints(),
             "tta": list(c.tta),
             "pix_modes": list(c.pix_modes),
             "split": str(split_path),

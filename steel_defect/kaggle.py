@@ -438,13 +438,8 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
 
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
-    from steel_defect.inference import (
-        checked_thresholds,
-        format_summary,
-        load_nets,
-        predict_images,
-        resolve_device,
-    )
+    from steel_defect.inference import format_summary, predict_images
+    from steel_defect.predictor import Predictor
 
     bundle = Path(bundle)
     images = Path(settings["input"])
@@ -453,8 +448,6 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
             f"kernel input: test image folder not found: {images} (STEEL_DEFECT_INPUT overrides)"
         )
     ckpts = [bundle / p for p in settings["checkpoints"]]
-    device = resolve_device(str(settings["device"]))
-    nets, metas = load_nets(ckpts, device, "auto")
     thresholds = settings.get("thresholds")
     mode = (
         thresholds
@@ -463,21 +456,23 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         if thresholds
         else "auto"
     )
-    params, source = checked_thresholds(mode, ckpts, nets, metas, list(settings["tta"]))
-    amp = bool(settings["amp"]) and device.type == "cuda"
+    predictor = Predictor.load(
+        ckpts,
+        thresholds=mode,
+        device=str(settings["device"]),
+        runtime="auto",
+        tta=list(settings["tta"]),
+        amp=bool(settings["amp"]),
+    )
     summary = predict_images(
-        nets,
+        predictor,
         images,
-        params,
         settings["output"],
         fmt="current",
-        device=device,
-        tta=list(settings["tta"]),
-        amp=amp,
         batch_size=int(settings["batch_size"]),
         num_workers=int(settings["num_workers"]),
     )
-    summary["thresholds"] = source
+    summary["thresholds"] = predictor.source
     print(format_summary(summary), flush=True)
     return summary
 
@@ -583,7 +578,7 @@ def build_bundle(
                     "from wheels=, or pass download=true"
                 ) from None
     tta = _as_list("tta", opt["tta"])
-    from steel_defect.inference import check_tta
+    from steel_defect.predictor import check_tta
 
     check_tta(tta)
     thresholds = "" if opt["thresholds"] is None else str(opt["thresholds"]).strip()

@@ -178,7 +178,7 @@ def run_pseudo(c: Any, console: Any = None) -> dict[str, Any]:
     empty list; returns and prints the counts."""
     from rich.console import Console
 
-    from steel_defect.inference import _images_dir, _setup, iter_predictions, prediction_loader
+    from steel_defect.inference import _images_dir, _setup
     from steel_defect.rle import masks_to_rles
 
     console = console if console is not None else Console()
@@ -189,13 +189,14 @@ def run_pseudo(c: Any, console: Any = None) -> dict[str, Any]:
         )
     rule = PseudoRule.from_dict(c.pseudo)
     images = _images_dir(c, "test_images")
-    device, nets, _, params, source, amp = _setup(c)
-    loader = prediction_loader(images, nets, c.batch_size, c.num_workers, device)
+    predictor = _setup(c)
+    source = predictor.source
+    loader = predictor.loader(images, c.batch_size, c.num_workers)
     labelled: list[tuple[str, list[str]]] = []
     empty: list[str] = []
     per_class = np.zeros(0, dtype=np.int64)
     unreadable = 0
-    for pred in iter_predictions(nets, loader, params, device=device, tta=c.tta, amp=amp):
+    for pred in predictor.iter_loader(loader):
         if not pred.ok:
             unreadable += 1
             continue

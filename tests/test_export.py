@@ -120,7 +120,7 @@ def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
 
 def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     """Padding, hflip TTA and averaging are torch code around the net: the same for both runtimes."""
-    from steel_defect.inference import predict_batch
+    from steel_defect.predictor import predict_batch
 
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(7))
     t_mask, t_cls, _ = predict_batch(tiny_net, x, tta=["hflip"])
@@ -147,7 +147,7 @@ def test_image_head_is_a_third_onnx_output_matching_torch(exported_head, head_ne
         gap = compare_with_torch(head_net, onnx_net, x)
         assert set(gap) == {"mask", "class", "image"} and max(gap.values()) < PROB_TOLERANCE, gap
     # Through predict_batch (padding, TTA, averaging): the image probabilities agree too.
-    from steel_defect.inference import predict_batch
+    from steel_defect.predictor import predict_batch
 
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(9))
     t_mask, t_cls, t_img = predict_batch(head_net, x, tta=["hflip"])
@@ -287,7 +287,8 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
 
 def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     from steel_defect.export import OnnxNet
-    from steel_defect.inference import resolve_thresholds, run
+    from steel_defect.inference import run
+    from steel_defect.thresholds import resolve_thresholds
     from tests.test_inference import config, isolated_ckpt, tiny_run
 
     files = tiny_run(tmp_path / "run")

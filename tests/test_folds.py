@@ -12,8 +12,9 @@ import yaml
 
 from steel_defect.data.annotations import load_annotations
 from steel_defect.data.splits import load_split, make_split, save_split
-from steel_defect.inference import iter_probabilities, labelled_loader, load_nets, run
+from steel_defect.inference import labelled_loader, run
 from steel_defect.postprocess import PostprocessParams
+from steel_defect.predictor import iter_probabilities, load_nets
 from steel_defect.tuning import TuningStats, tune_thresholds
 from tests.test_inference import SHAPE, config, tiny_run
 

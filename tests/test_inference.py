@@ -22,17 +22,10 @@ import torch
 import yaml
 from torch import nn
 
-from steel_defect.inference import (
-    DEFAULTS,
-    TTA_TRANSFORMS,
-    load_nets,
-    pad_to_multiple,
-    parse_config,
-    predict_batch,
-    resolve_thresholds,
-    run,
-)
+from steel_defect.inference import run
 from steel_defect.postprocess import PostprocessParams, postprocess
+from steel_defect.predict_config import DEFAULTS, parse_config
+from steel_defect.predictor import TTA_TRANSFORMS, load_nets, pad_to_multiple, predict_batch
 from steel_defect.report import (
     CLASS_COLORS,
     classification_table,
@@ -42,6 +35,7 @@ from steel_defect.report import (
 )
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.submission import read_submission, write_submission
+from steel_defect.thresholds import resolve_thresholds
 from tests.conftest import REPO, SAMPLES
 
 SHAPE = (64, 320)
@@ -213,7 +207,7 @@ class WithImageHead(FlipEquivariant):
 
 
 def test_image_head_probabilities_through_tta_and_ensembles():
-    from steel_defect.inference import split_outputs
+    from steel_defect.predictor import split_outputs
 
     x = torch.rand(2, 3, 50, 70)
     head = WithImageHead().eval()
@@ -769,24 +763,3 @@ def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
         scores[runtime] = summary["evaluation"]["dice"]["mean"]
     assert abs(scores["auto"] - scores["torch"]) <= 0.002
     assert (tmp_path / "auto.csv").read_text() == (tmp_path / "torch.csv").read_text()
-
-
-def test_prediction_needs_no_lightning_hydra_or_torchmetrics(run_files, tmp_path):
-    """Loading a checkpoint and predicting a folder (what predict.py, the kernel and a service do) imports
-    none of the training stack."""
-    code = (
-        "import sys\n"
-        "from steel_defect.inference import load_nets, predict_images, resolve_thresholds\n"
-        f"nets, metas = load_nets([{str(run_files['a'])!r}])\n"
-        f"params, _ = resolve_thresholds('raw', {str(run_files['a'])!r}, metas[0])\n"
-        f"predict_images(nets, {str(run_files['data'] / 'test_images')!r}, params, {str(tmp_path / 's.csv')!r})\n"
-        "heavy = ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf', 'torchmetrics')\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))\n"
-    )
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
-    assert (tmp_path / "s.csv").is_file()

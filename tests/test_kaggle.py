@@ -89,8 +89,8 @@ def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, marg
     still gives non-empty masks (about the top 10% of pixels per class, most classes kept). For a net with
     an image head, the image gate uses it too (t_img in a gap of its probabilities, most images kept)."""
     from steel_defect.data.dataset import PredictDataset
-    from steel_defect.inference import predict_batch
     from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.predictor import predict_batch
 
     ds = PredictDataset(images_dir)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
@@ -389,7 +389,7 @@ def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
     assert sum(bool(r[1]) for r in rows) >= 4, "the comparison needs non-empty masks"
     if image_head:  # the image gate dropped at least one image that the other thresholds would keep
         from steel_defect.data.dataset import PredictDataset
-        from steel_defect.inference import predict_batch
+        from steel_defect.predictor import predict_batch
 
         ds = PredictDataset(images)
         _, _, image_probs = predict_batch(net, torch.stack([ds[i]["image"] for i in range(len(ds))]))

@@ -344,9 +344,9 @@ def test_channels_last_gives_the_same_outputs(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 def _expected_dice(module, data: RandomSteel, params: PostprocessParams) -> float:
     """Kaggle Dice of ``postprocess(..., params)`` computed directly from the module's outputs."""
-    from steel_defect.inference import split_outputs
     from steel_defect.metrics import kaggle_dice
     from steel_defect.postprocess import postprocess
+    from steel_defect.predictor import split_outputs
 
     module.eval()
     with torch.no_grad():

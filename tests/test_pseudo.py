@@ -116,8 +116,9 @@ def test_task_pseudo_writes_what_the_rule_keeps(tmp_path):
     from torch.utils.data import DataLoader
 
     from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.inference import iter_predictions, load_nets, run
+    from steel_defect.inference import run
     from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.predictor import iter_predictions, load_nets
     from tests.test_inference import config, tiny_run
 
     files = tiny_run(tmp_path / "run")

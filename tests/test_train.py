@@ -189,9 +189,9 @@ def held_out_dice(ckpt: Path, datamodule, params) -> dict[str, float]:
     """Kaggle Dice of ``params`` on the datamodule's held-out test split, computed directly (no Lightning)."""
     import numpy as np
 
-    from steel_defect.inference import iter_probabilities, load_nets
     from steel_defect.metrics import kaggle_dice, kaggle_dice_per_class
     from steel_defect.postprocess import postprocess
+    from steel_defect.predictor import iter_probabilities, load_nets
 
     datamodule.prepare_data()
     datamodule.setup("test")

@@ -27,12 +27,12 @@ from torchmetrics.classification import (
     MultilabelRecall,
 )
 
-from steel_defect.inference import split_outputs
 from steel_defect.metrics import KaggleDice
 from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION
 from steel_defect.models.factory import SteelNet, build_model, resolve_config
 from steel_defect.models.losses import SegClsLoss
 from steel_defect.postprocess import PostprocessParams, postprocess
+from steel_defect.predictor import split_outputs
 
 SCHEDULERS = ("cosine", "onecycle", "none")
 SCHEDULER_DEFAULTS: dict[str, Any] = {

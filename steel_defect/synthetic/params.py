@@ -70,9 +70,15 @@ def _q(values: Sequence[float] | np.ndarray) -> list[float]:
     return [round(float(x), 4) for x in np.quantile(v, QUANTILES)]
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (independent of the sort algorithm)."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.ravel()]
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation (average ranks for ties)."""
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
 
 
 def _class_sets(index_csv: Path) -> dict[str, float]:
