@@ -136,7 +136,12 @@ class TuneThresholds(L.Callback):
             return
         (net,), (meta,) = load_nets([best], device=pl_module.device)
         loader = trainer.datamodule.val_dataloader()
-        base = PostprocessParams.from_dict(meta["postprocess"]) if meta.get("postprocess") else None
+        k = len(meta.get("classes") or []) or None
+        base = (
+            PostprocessParams.from_dict(meta["postprocess"], num_classes=k)
+            if meta.get("postprocess")
+            else None
+        )
         kwargs = stats_for(base, self.pix_modes)
         stats = collect_tuning_stats(net, loader, device=pl_module.device, tta=self.tta, **kwargs)
         params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
@@ -151,9 +156,10 @@ class TuneThresholds(L.Callback):
 
         payload = None
         if trainer.is_global_zero and self.path is not None:
-            payload = load_thresholds(self.path).to_dict()  # exactly what predict.py will read
+            k = pl_module.net.config["classes"]
+            payload = load_thresholds(self.path, num_classes=k).to_dict()  # exactly what predict.py will read
         payload = trainer.strategy.broadcast(payload, src=0)  # every process (DDP) gets the same
-        pl_module.tuned_postprocess = None if payload is None else PostprocessParams.from_dict(payload)
+        pl_module.tuned_postprocess = None if payload is None else PostprocessParams.from_dict(payload, None)
         if payload is None:
             log.info("test/dice_tuned not computed: no thresholds were tuned in this run")
 
@@ -174,7 +180,8 @@ def format_holdout_table(
     """
     from steel_defect import NUM_CLASSES
 
-    classes = len(val_report["classes"]) if val_report else NUM_CLASSES
+    in_test = [c for c in range(1, 256) if f"test/dice_raw_{c}" in test]
+    classes = len(val_report["classes"]) if val_report else (max(in_test) if in_test else NUM_CLASSES)
     kinds = (("raw", "dice_raw"), ("default", "dice_default"), ("tuned", "dice_tuned"))
 
     def fmt(v: Any) -> str:

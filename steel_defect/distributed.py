@@ -98,7 +98,9 @@ def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(c.out), "processes": trainer.world_size, "thresholds": source}
     if trainer.is_global_zero:
         rows = merge_parts(parts, trainer.world_size)
-        summary["images"] = write_submission(((i, r) for i, r, _ in rows), c.out, c.format)
+        summary["images"] = write_submission(
+            ((i, r) for i, r, _ in rows), c.out, c.format, num_classes=params.num_classes
+        )
         summary["unreadable"] = [i for i, _, ok in rows if not ok]
         shutil.rmtree(parts, ignore_errors=True)
         print(

@@ -91,12 +91,13 @@ def run_tune_oof(c: Any, console: Any = None) -> dict[str, Any]:
     images, labels = _tuning_sources(c)
     predictor = _setup(c)
     nets, metas, device, amp = predictor.nets, predictor.metas, predictor.device, predictor.amp
-    base = PostprocessParams.from_dict(metas[0]["postprocess"]) if metas[0].get("postprocess") else None
+    k = predictor.num_classes
+    base = PostprocessParams.from_dict(metas[0]["postprocess"], k) if metas[0].get("postprocess") else None
     stats = TuningStats(**stats_for(base, c.pix_modes))
     folds = []
     for net, split, path, ckpt in zip(nets, splits, split_paths, c.ckpt, strict=True):
         ids = list(split["val"])
-        loader = labelled_loader(ids, images, labels, path, c.batch_size, c.num_workers, device)
+        loader = labelled_loader(ids, images, labels, path, c.batch_size, c.num_workers, device, k)
         for batch, mask_probs, class_probs, image_probs in iter_probabilities(
             net, loader, device, c.tta, amp
         ):

@@ -71,28 +71,29 @@ def _image_uint8(image: Tensor) -> np.ndarray:
     return image.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def read_labels(path: str | os.PathLike, image_ids: Sequence[str]) -> dict[str, list[str]]:
+def read_labels(
+    path: str | os.PathLike, image_ids: Sequence[str], num_classes: int = NUM_CLASSES
+) -> dict[str, list[str]]:
     """Ground truth for ``image_ids`` from a csv in either Kaggle format: image_id -> C RLE strings.
 
     Images without rows are defect-free; a csv row naming an image that is not among ``image_ids`` raises.
     RLEs are decoded later, at each image's own size.
     """
-    from steel_defect.data.annotations import RLE_COLUMNS, read_train_csv
+    from steel_defect.data.annotations import read_train_csv, rle_columns
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.labels: label csv not found: {path}")
-    frame = read_train_csv(path, validate_rle=False)
-    rles = dict(
-        zip(frame["ImageId"], frame[RLE_COLUMNS].fillna("").astype(str).to_numpy().tolist(), strict=True)
-    )
+    frame = read_train_csv(path, validate_rle=False, num_classes=num_classes)
+    columns = rle_columns(num_classes)
+    rles = dict(zip(frame["ImageId"], frame[columns].fillna("").astype(str).to_numpy().tolist(), strict=True))
     missing = sorted(set(rles) - set(image_ids))
     if missing:
         raise ValueError(
             f"{path}: {len(missing)} labelled images are not in the image folder, e.g. {missing[:3]} "
             "(point data.images at the folder these labels describe)"
         )
-    return {i: rles.get(i, [""] * NUM_CLASSES) for i in image_ids}
+    return {i: rles.get(i, [""] * num_classes) for i in image_ids}
 
 
 @dataclass
@@ -155,7 +156,7 @@ def predict_images(
 
     loader = predictor.loader(source, batch_size, num_workers)
     dataset = loader.dataset
-    truth = None if labels is None else read_labels(labels, dataset.image_ids)
+    truth = None if labels is None else read_labels(labels, dataset.image_ids, predictor.num_classes)
     console = console if console is not None else _stderr_console()
     evaluation = _Evaluation() if truth is not None else None
     unreadable: list[str] = []
@@ -185,6 +186,7 @@ def predict_images(
                         pred.class_probs,
                         pred.image_id,
                         true_masks=true_masks,
+                        class_names=predictor.classes,
                     )
                     written.append(
                         save_overlay(Path(overlays_dir) / f"{Path(pred.image_id).stem}.png", picture)
@@ -194,7 +196,7 @@ def predict_images(
                 elapsed = time.perf_counter() - start
                 progress.update(task, advance=1, rate=f"{done / elapsed:.2f} img/s" if elapsed > 0 else "")
 
-        count = write_submission(rows(), out, fmt)
+        count = write_submission(rows(), out, fmt, num_classes=predictor.num_classes)
     seconds = time.perf_counter() - start
     summary: dict[str, Any] = {
         "out": str(out),
@@ -203,13 +205,17 @@ def predict_images(
         "seconds": seconds,
         "images_per_s": count / seconds if seconds > 0 else float("inf"),
         "seconds_per_image": seconds / count if count else 0.0,
-        "nonempty_masks": {str(c + 1): int(v) for c, v in enumerate(nonempty)},
+        "nonempty_masks": {name: int(v) for name, v in zip(predictor.classes, nonempty, strict=True)},
         "unreadable": list(unreadable),
         "overlays": [str(p) for p in written],
     }
     if evaluation is not None:
         summary["evaluation"] = evaluation_report(
-            np.stack(evaluation.dice), np.stack(evaluation.pred), np.stack(evaluation.true), len(unreadable)
+            np.stack(evaluation.dice),
+            np.stack(evaluation.pred),
+            np.stack(evaluation.true),
+            len(unreadable),
+            class_names=predictor.classes,
         )
     return summary
 
@@ -344,12 +350,13 @@ def labelled_loader(
     batch_size: int,
     num_workers: int,
     device: torch.device,
+    num_classes: int = NUM_CLASSES,
 ) -> Any:
     """A loader over the labelled images ``ids`` (from ``split_path``) at full size, no augmentation."""
     import pandas as pd
     from torch.utils.data import DataLoader
 
-    from steel_defect.data.annotations import RLE_COLUMNS, read_train_csv
+    from steel_defect.data.annotations import read_train_csv, rle_columns
     from steel_defect.data.dataset import SteelDataset
     from steel_defect.data.transforms import build_transforms
 
@@ -359,9 +366,9 @@ def labelled_loader(
             f"{split_path}: {len(missing)} validation images are not in {images}, e.g. {missing[:3]}"
         )
     frame = pd.DataFrame({"ImageId": list(ids)}).merge(
-        read_train_csv(labels, validate_rle=False), on="ImageId", how="left"
+        read_train_csv(labels, validate_rle=False, num_classes=num_classes), on="ImageId", how="left"
     )
-    frame[RLE_COLUMNS] = frame[RLE_COLUMNS].fillna("")
+    frame[rle_columns(num_classes)] = frame[rle_columns(num_classes)].fillna("")
     return DataLoader(
         SteelDataset(frame, images, build_transforms("val")),
         batch_size=batch_size,
@@ -391,8 +398,9 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     images, labels = _tuning_sources(c)
     predictor = _setup(c)
     nets, metas, device = predictor.nets, predictor.metas, predictor.device
-    loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device)
-    base = PostprocessParams.from_dict(metas[0]["postprocess"]) if metas[0].get("postprocess") else None
+    k = len(metas[0].get("classes") or []) or NUM_CLASSES
+    loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device, k)
+    base = PostprocessParams.from_dict(metas[0]["postprocess"], k) if metas[0].get("postprocess") else None
     kwargs = stats_for(base, c.pix_modes)
     with _progress(_stderr_console()) as progress:
         task = progress.add_task("tune", total=len(ids), rate="")

@@ -66,7 +66,8 @@ def validate_config(cfg: DictConfig) -> None:
         root = Path(str(data.root))
         if not root.is_dir():
             raise FileNotFoundError(f"data.root={root} is not a directory")
-        for key in ("train_csv", "train_images"):
+        keys = ("images", "masks") if data.get("layout") == "folder" else ("train_csv", "train_images")
+        for key in keys:
             if not (root / str(data[key])).exists():
                 raise FileNotFoundError(
                     f"data.{key}: {root / str(data[key])} does not exist (data.root={root})"

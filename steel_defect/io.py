@@ -1,4 +1,4 @@
-"""Small file helpers shared by every writer: nothing is ever left half-written."""
+"""Small file helpers: atomic writers (nothing is ever left half-written) and the image-folder listing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+#: The image files every reader of an image folder accepts (any case).
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (:data:`IMAGE_SUFFIXES`, any case) directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.name,
+    )
 
 
 @contextlib.contextmanager

@@ -189,10 +189,14 @@ class PostprocessParams:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], num_classes: int = NUM_CLASSES) -> PostprocessParams:
-        """Build from a mapping (e.g. YAML / Hydra config); missing keys take the notebook defaults."""
+    def from_dict(cls, d: Mapping[str, Any], num_classes: int | None = NUM_CLASSES) -> PostprocessParams:
+        """Build from a mapping (e.g. YAML / Hydra config); missing keys take the defaults of
+        :meth:`for_classes`. ``num_classes`` None: the length of the mapping's per-class lists."""
         if not isinstance(d, Mapping):
             raise ValueError(f"PostprocessParams.from_dict expects a mapping, got {type(d).__name__}")
+        if num_classes is None:
+            lengths = {len(v) for k, v in d.items() if k in PER_CLASS_KEYS and _is_seq(v)}
+            num_classes = lengths.pop() if len(lengths) == 1 else NUM_CLASSES
         valid = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in valid:
@@ -204,7 +208,8 @@ class PostprocessParams:
                     raise ValueError(
                         f"{key} must be a list of {num_classes} values (one per class), got {value!r}"
                     )
-        params = cls(**kwargs)
+        defaults = cls.for_classes(num_classes).to_dict() if num_classes != NUM_CLASSES else {}
+        params = cls(**{**defaults, **kwargs})
         if params.num_classes != num_classes:
             raise ValueError(f"expected {num_classes} classes, got {params.num_classes}")
         return params
@@ -213,6 +218,24 @@ class PostprocessParams:
     def notebook_defaults(cls) -> PostprocessParams:
         """The original notebook's post-processing (see the constants at the top of this module)."""
         return cls()
+
+    @classmethod
+    def for_classes(cls, num_classes: int = NUM_CLASSES, severstal: bool = True) -> PostprocessParams:
+        """The starting post-processing for ``num_classes`` classes: the notebook's for Severstal's four
+        (``severstal``), else class gates and pixel thresholds at 0.5 with no area limits (the notebook's
+        limits are Severstal statistics; tuning finds a data set's own)."""
+        if severstal and num_classes == NUM_CLASSES:
+            return cls.notebook_defaults()
+        return cls(
+            t_img=None,
+            t_cls=[0.5] * num_classes,
+            t_pix=[0.5] * num_classes,
+            pix_mode=["plain"] * num_classes,
+            min_area=[None] * num_classes,
+            max_area=[None] * num_classes,
+            min_component=[None] * num_classes,
+            reference_shape=None,
+        )
 
     @classmethod
     def disabled(cls, num_classes: int = NUM_CLASSES) -> PostprocessParams:
@@ -438,8 +461,9 @@ def save_thresholds(
     return path
 
 
-def load_thresholds(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> PostprocessParams:
-    """Read the params written by ``save_thresholds`` (a bare params mapping is accepted too)."""
+def load_thresholds(path: str | os.PathLike, num_classes: int | None = NUM_CLASSES) -> PostprocessParams:
+    """Read the params written by ``save_thresholds`` (a bare params mapping is accepted too);
+    ``num_classes`` None: as many classes as the file has."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))

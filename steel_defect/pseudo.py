@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steel_defect.data.annotations import RLE_COLUMNS, AnnotationError, read_train_csv
+from steel_defect import NUM_CLASSES
+from steel_defect.data.annotations import AnnotationError, read_train_csv, rle_columns
 from steel_defect.io import atomic_write
 
 __all__ = [
@@ -125,8 +126,9 @@ def read_pseudo_labels(
     shape: tuple[int, int],
     exclude: Mapping[str, Collection[str]] | None = None,
     empty_path: str | os.PathLike | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> pd.DataFrame:
-    """The pseudo-labelled images as a wide annotation frame (``ImageId``, ``EncodedPixels_1..4``).
+    """The pseudo-labelled images as a wide annotation frame (``ImageId``, ``EncodedPixels_1..K``).
 
     Reads ``csv_path`` (train.csv's current or legacy format; RLE validated against ``shape``) and the
     confidently-empty list (``empty_path``, default :func:`empty_list_path`; optional). Raises
@@ -139,7 +141,7 @@ def read_pseudo_labels(
         raise FileNotFoundError(f"data.pseudo_labels: pseudo-label csv not found: {csv_path}")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"data.pseudo_images: image folder not found: {image_dir}")
-    frame = read_train_csv(csv_path, shape=tuple(shape), validate_rle=True)
+    frame = read_train_csv(csv_path, shape=tuple(shape), validate_rle=True, num_classes=num_classes)
     lines = _first_lines(csv_path)
     where = {str(i): (csv_path, lines.get(str(i), 0)) for i in frame["ImageId"]}
     empty_path = empty_list_path(csv_path) if empty_path is None else Path(empty_path)
@@ -167,7 +169,7 @@ def read_pseudo_labels(
                     f"overlap validation or test images"
                 )
     if empty_ids:
-        blank = pd.DataFrame({"ImageId": empty_ids, **{c: "" for c in RLE_COLUMNS}})
+        blank = pd.DataFrame({"ImageId": empty_ids, **{c: "" for c in rle_columns(num_classes)}})
         frame = pd.concat([frame, blank], ignore_index=True)
     return frame.sort_values("ImageId").reset_index(drop=True)
 

@@ -25,7 +25,16 @@ from steel_defect.io import atomic_save
 
 NO_DEFECT = "NoDefect"
 #: RGB colour of class c at index c - 1 (amber, sky blue, red, green): distinct on grey steel.
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((255, 200, 0), (0, 180, 255), (255, 60, 60), (60, 220, 60))
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 200, 0),
+    (0, 180, 255),
+    (255, 60, 60),
+    (60, 220, 60),
+    (200, 90, 255),
+    (255, 130, 200),
+    (0, 220, 200),
+    (255, 255, 255),
+)
 
 
 # ======================================================================================================
@@ -107,10 +116,21 @@ def classification_table(pred_flags: Any, true_flags: Any, labels: Sequence[str]
     return rows
 
 
-def evaluation_report(dice: Any, pred_flags: Any, true_flags: Any, unreadable: int = 0) -> dict[str, Any]:
+def class_label(name: str) -> str:
+    """How a class is titled in tables and overlays: ``class 3`` for Severstal's numbered classes, else its name."""
+    return f"class {name}" if str(name).isdigit() else str(name)
+
+
+def evaluation_report(
+    dice: Any,
+    pred_flags: Any,
+    true_flags: Any,
+    unreadable: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The notebook's report from per-image results: ``dice`` (N, C) pair Dice, flags (N, C) bool.
 
-    Keys: ``num_images``, ``unreadable``, ``dice`` {per_class, mean}, ``baseline_empty`` {per_class, mean}
+    Keys: ``num_images``, ``unreadable``, ``classes`` (``class_names``, default "1".."C"), ``dice`` {per_class, mean}, ``baseline_empty`` {per_class, mean}
     (the score of predicting nothing: the share of images without that class), ``classification`` (rows of
     :func:`classification_table`) and ``confusion_matrix`` {labels, matrix} (rows true, cols predicted).
     """
@@ -123,10 +143,16 @@ def evaluation_report(dice: Any, pred_flags: Any, true_flags: Any, unreadable: i
     if dice.shape[0] == 0:
         raise ValueError("cannot evaluate zero images")
     baseline = (~true).astype(np.float64)  # Dice of an empty prediction: 1 if the truth is empty, else 0
-    labels = [str(c + 1) for c in range(dice.shape[1])] + [NO_DEFECT]
+    names = (
+        [str(c + 1) for c in range(dice.shape[1])] if class_names is None else [str(n) for n in class_names]
+    )
+    if len(names) != dice.shape[1]:
+        raise ValueError(f"{len(names)} class names for {dice.shape[1]} classes")
+    labels = [*names, NO_DEFECT]
     return {
         "num_images": int(dice.shape[0]),
         "unreadable": int(unreadable),
+        "classes": names,
         "dice": {"per_class": dice.mean(axis=0).tolist(), "mean": float(dice.mean())},
         "baseline_empty": {"per_class": baseline.mean(axis=0).tolist(), "mean": float(baseline.mean())},
         "classification": classification_table(pred, true, labels),
@@ -147,8 +173,8 @@ def print_evaluation_report(report: Mapping[str, Any], console: Any = None) -> N
         title += f" ({report['unreadable']} unreadable, scored as empty predictions)"
     table = Table(title=title)
     table.add_column("")
-    for c in range(n_cls):
-        table.add_column(f"class {c + 1}", justify="right")
+    for name in report.get("classes") or [str(c + 1) for c in range(n_cls)]:
+        table.add_column(class_label(name), justify="right")
     table.add_column("mean (Kaggle)", justify="right", style="bold")
     table.add_row("model", *(f"{v:.4f}" for v in dice["per_class"]), f"{dice['mean']:.4f}")
     table.add_row("all-empty baseline", *(f"{v:.4f}" for v in base["per_class"]), f"{base['mean']:.4f}")
@@ -269,13 +295,15 @@ def render_overlay(
     true_masks: Any = None,
     min_width: int = 960,
     alpha: float = 0.4,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """An RGB uint8 picture of one image's prediction (and ground truth) for a person to look at.
 
     Top: a legend strip with ``image_id`` and, per class, its colour, class probability and predicted area
     in pixels (and true area). Below: the image with each class's predicted mask as a translucent fill
     plus contour; with ``true_masks`` a second panel shows the ground truth the same way. Images narrower
-    than ``min_width`` are upscaled by an integer factor (nearest neighbour) so the text fits.
+    than ``min_width`` are upscaled by an integer factor (nearest neighbour) so the text fits. Classes are
+    titled with :func:`class_label` of ``class_names`` (default "1".."C").
     """
     image = _as_rgb(image_rgb)
     h, w = image.shape[:2]
@@ -291,9 +319,12 @@ def render_overlay(
 
     pred_area = masks.reshape(n_cls, -1).sum(axis=1)
     true_area = None if truth is None else truth.reshape(n_cls, -1).sum(axis=1)
+    names = [str(c + 1) for c in range(n_cls)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != n_cls:
+        raise ValueError(f"{len(names)} class names for {n_cls} classes")
     entries = []
     for k in range(n_cls):
-        text = f"class {k + 1}  p={probs[k]:.2f}  {int(pred_area[k]):,} px"
+        text = f"{class_label(names[k])}  p={probs[k]:.2f}  {int(pred_area[k]):,} px"
         if true_area is not None:
             text += f" (true {int(true_area[k]):,})"
         entries.append(text)

@@ -25,7 +25,8 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
     """The post-processing for ``thresholds=mode`` -> ``(PostprocessParams, description of the source)``.
 
     ``auto``: ``thresholds.yaml`` beside ``ckpt`` if it exists, else the checkpoint's stored post-processing,
-    else the notebook defaults; ``defaults``: the notebook's; ``raw``: every gate off, pixel threshold 0.5;
+    else the defaults; ``defaults``: the notebook's (Severstal's four classes) or, for other classes, gates
+    and pixel thresholds at 0.5 without area limits; ``raw``: every gate off, pixel threshold 0.5;
     anything else: a yaml file written by ``save_thresholds``.
     """
     from steel_defect.postprocess import PostprocessParams, load_thresholds
@@ -33,8 +34,15 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
     num_classes = len((meta or {}).get("classes") or []) or NUM_CLASSES
     if mode == "raw":
         return PostprocessParams.disabled(num_classes), "raw (no gates, pixel threshold 0.5)"
+    severstal = list((meta or {}).get("classes") or [str(c + 1) for c in range(NUM_CLASSES)]) == [
+        str(c + 1) for c in range(NUM_CLASSES)
+    ]
+    default = PostprocessParams.for_classes(num_classes, severstal=severstal)
+    what = (
+        "the notebook's defaults" if severstal else f"the defaults for {num_classes} classes (no area limits)"
+    )
     if mode == "defaults":
-        return PostprocessParams.notebook_defaults(), "the notebook's defaults"
+        return default, what
     if mode == "auto":
         beside = Path(ckpt).parent / THRESHOLDS_FILE
         if beside.is_file():
@@ -44,7 +52,7 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
             return PostprocessParams.from_dict(tuned["params"], num_classes), f"{STORED_TUNED} {ckpt}"
         if meta and meta.get("postprocess"):
             return PostprocessParams.from_dict(meta["postprocess"], num_classes), f"stored in {ckpt}"
-        return PostprocessParams.notebook_defaults(), "the notebook's defaults"
+        return default, what
     path = Path(os.path.expanduser(mode))
     if not path.is_file():
         raise FileNotFoundError(

@@ -59,7 +59,7 @@ def search_modes(modes: Sequence[str], base: PostprocessParams | None = None) ->
 def stats_for(base: PostprocessParams | None, pix_modes: Sequence[str] = ("plain",)) -> dict[str, Any]:
     """``TuningStats`` keyword arguments that can evaluate ``base`` (its pixel modes, its min_component
     and reference shape) besides ``pix_modes``; the notebook defaults when ``base`` is None."""
-    base = PostprocessParams.notebook_defaults() if base is None else base
+    base = PostprocessParams.for_classes() if base is None else base
     return {
         "num_classes": base.num_classes,
         "pix_modes": search_modes(pix_modes, base),
@@ -344,7 +344,7 @@ def tune_thresholds(
     Returns (params, report); the report's Dice values come from ``stats.dice_per_class`` and include
     the best tuned result without a gate and with a gate per source.
     """
-    base = PostprocessParams.notebook_defaults() if base is None else base
+    base = PostprocessParams.for_classes(stats.num_classes) if base is None else base
     if base.num_classes != stats.num_classes:
         raise ValueError(f"base has {base.num_classes} classes, TuningStats {stats.num_classes}")
     if stats.num_variants == 2 and stats.reference_shape != base.reference_shape:

@@ -99,7 +99,8 @@ def test_experiments_and_debug_configs_compose(tmp_path):
         ["callbacks=none"],
     ):
         cfg = compose_train(overrides, tmp_path)
-        assert cfg.model.net.classes == 4
+        # the network's classes follow the data's names (Severstal's four unless data.classes says otherwise)
+        assert cfg.model.net.classes is None and list(cfg.model.class_names) == ["1", "2", "3", "4"]
 
 
 def test_split_group_and_ema_callbacks_compose(tmp_path):

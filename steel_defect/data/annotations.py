@@ -6,9 +6,10 @@ Two csv formats exist:
 * competition-era format ``ImageId_ClassId,EncodedPixels``: four rows per image (``abc.jpg_3``),
   empty ``EncodedPixels`` for absent classes.
 
-Both are turned into one *wide* frame, one row per image, columns ``ImageId, EncodedPixels_1..4``
-(``""`` when a class is absent). Every error names the csv file, its 1-based line number (header = line 1)
-and the offending value.
+Both are turned into one *wide* frame, one row per image, columns ``ImageId, EncodedPixels_1..K``
+(``""`` when a class is absent; K = ``num_classes``, Severstal's 4 by default). Every error names the csv
+file, its 1-based line number (header = line 1) and the offending value. The plant's own layout (one mask
+PNG per image) reads into the same frame: :mod:`steel_defect.data.folder`.
 """
 
 from __future__ import annotations
@@ -22,23 +23,58 @@ import numpy as np
 import pandas as pd
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
+from steel_defect.io import IMAGE_SUFFIXES, list_images
 from steel_defect.rle import rle_area
 
 __all__ = [
     "AnnotationError",
     "CLASS_IDS",
     "IMAGE_SUFFIXES",
+    "list_images",
     "RLE_COLUMNS",
     "DEFECT_COLUMNS",
+    "rle_columns",
+    "defect_columns",
+    "frame_classes",
+    "add_defect_columns",
     "read_train_csv",
     "load_annotations",
     "stratify_key",
 ]
 
 CLASS_IDS: tuple[int, ...] = tuple(range(1, NUM_CLASSES + 1))
-RLE_COLUMNS: list[str] = [f"EncodedPixels_{c}" for c in CLASS_IDS]
-DEFECT_COLUMNS: list[str] = [f"has_defect_{c}" for c in CLASS_IDS]
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def rle_columns(num_classes: int = NUM_CLASSES) -> list[str]:
+    """The wide frame's RLE columns ``EncodedPixels_1..num_classes``."""
+    return [f"EncodedPixels_{c}" for c in range(1, int(num_classes) + 1)]
+
+
+def defect_columns(num_classes: int = NUM_CLASSES) -> list[str]:
+    """The wide frame's flag columns ``has_defect_1..num_classes``."""
+    return [f"has_defect_{c}" for c in range(1, int(num_classes) + 1)]
+
+
+#: Severstal's four classes (the default everywhere a frame's class count is not read from the frame).
+RLE_COLUMNS: list[str] = rle_columns()
+DEFECT_COLUMNS: list[str] = defect_columns()
+
+
+def _consecutive(frame: pd.DataFrame, prefix: str) -> int:
+    """How many columns ``prefix1, prefix2, ...`` the frame has, counted from 1 without a gap."""
+    k = 0
+    while f"{prefix}{k + 1}" in frame.columns:
+        k += 1
+    return k
+
+
+def frame_classes(frame: pd.DataFrame) -> int:
+    """The number of classes K of a wide frame: its columns ``EncodedPixels_1..K`` (consecutive from 1)."""
+    k = _consecutive(frame, "EncodedPixels_")
+    if k == 0:
+        raise KeyError(f"not a wide annotation frame (no EncodedPixels_1 column): {list(frame.columns)}")
+    return k
+
 
 CURRENT_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 LEGACY_HEADER = ("ImageId_ClassId", "EncodedPixels")
@@ -61,21 +97,20 @@ def _short(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-def _parse_class(token: str, path: Path, line: int, what: str) -> int:
-    """Parse a class id in 1..4 or raise an error naming file, line and value."""
+def _parse_class(token: str, path: Path, line: int, what: str, num_classes: int) -> int:
+    """Parse a class id in 1..num_classes or raise an error naming file, line and value."""
     try:
         class_id = int(token.strip())
     except ValueError:
         class_id = None
-    if class_id not in CLASS_IDS:
+    if class_id is None or not 1 <= class_id <= num_classes:
         raise AnnotationError(
-            f"{path}: line {line}: {what} {token!r} is not a class id; expected an integer in "
-            f"{CLASS_IDS[0]}..{CLASS_IDS[-1]}"
+            f"{path}: line {line}: {what} {token!r} is not a class id; expected an integer in 1..{num_classes}"
         )
     return class_id
 
 
-def _parse(path: Path, shape: tuple[int, int], validate_rle: bool) -> _Parsed:
+def _parse(path: Path, shape: tuple[int, int], validate_rle: bool, num_classes: int = NUM_CLASSES) -> _Parsed:
     """Parse either csv format into the wide frame (see module docstring)."""
     path = Path(path)
     if not path.is_file():
@@ -118,12 +153,14 @@ def _parse(path: Path, shape: tuple[int, int], validate_rle: bool) -> _Parsed:
                         f"{path}: line {line}: ImageId_ClassId {key!r} has no '_<class>' suffix "
                         f"(expected e.g. 'abc123.jpg_3')"
                     )
-                class_id = _parse_class(suffix, path, line, f"class suffix of ImageId_ClassId {key!r}:")
+                class_id = _parse_class(
+                    suffix, path, line, f"class suffix of ImageId_ClassId {key!r}:", num_classes
+                )
             else:
                 image_id = row[i_image].strip()
                 if not image_id:
                     raise AnnotationError(f"{path}: line {line}: empty ImageId")
-                class_id = _parse_class(row[i_class], path, line, "ClassId")
+                class_id = _parse_class(row[i_class], path, line, "ClassId", num_classes)
             previous = seen.get((image_id, class_id))
             if previous is not None:
                 raise AnnotationError(
@@ -141,47 +178,43 @@ def _parse(path: Path, shape: tuple[int, int], validate_rle: bool) -> _Parsed:
                         f"{_short(rle)}: {err}"
                     ) from err
             if image_id not in rles:
-                rles[image_id] = [""] * NUM_CLASSES
+                rles[image_id] = [""] * num_classes
                 first_line[image_id] = line
             rles[image_id][class_id - 1] = rle
     ids = sorted(rles)
     frame = pd.DataFrame(
         {"ImageId": pd.Series(ids, dtype=object)}
-        | {col: pd.Series([rles[i][k] for i in ids], dtype=object) for k, col in enumerate(RLE_COLUMNS)}
+        | {
+            col: pd.Series([rles[i][k] for i in ids], dtype=object)
+            for k, col in enumerate(rle_columns(num_classes))
+        }
     )
     return _Parsed(frame, first_line)
 
 
 def read_train_csv(
-    path: str | os.PathLike, shape: tuple[int, int] = DEFAULT_SHAPE, validate_rle: bool = True
+    path: str | os.PathLike,
+    shape: tuple[int, int] = DEFAULT_SHAPE,
+    validate_rle: bool = True,
+    num_classes: int = NUM_CLASSES,
 ) -> pd.DataFrame:
-    """Read a ground-truth csv in either format into a wide frame ``ImageId, EncodedPixels_1..4``.
+    """Read a ground-truth csv in either format into a wide frame ``ImageId, EncodedPixels_1..K``.
 
     One row per image appearing in the csv, sorted by ImageId; ``""`` for absent classes. RLE strings are
     kept as they are (stripped) and, when ``validate_rle``, checked against ``shape`` with ``rle_area``.
     Raises :class:`AnnotationError` naming the file, the line number and the value.
     """
-    return _parse(Path(path), tuple(shape), validate_rle).frame
+    return _parse(Path(path), tuple(shape), validate_rle, int(num_classes)).frame
 
 
-def _defect_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``has_defect_1..4`` and ``has_defect`` (int 0/1) computed from ``EncodedPixels_1..4``."""
+def add_defect_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``has_defect_1..K`` and ``has_defect`` (int 0/1) computed from ``EncodedPixels_1..K``."""
     out = frame.copy()
-    for rle_col, flag_col in zip(RLE_COLUMNS, DEFECT_COLUMNS, strict=True):
+    k = frame_classes(frame)
+    for rle_col, flag_col in zip(rle_columns(k), defect_columns(k), strict=True):
         out[flag_col] = (out[rle_col].astype(str).str.strip() != "").astype(np.int64)
-    out["has_defect"] = out[DEFECT_COLUMNS].max(axis=1).astype(np.int64) if len(out) else np.int64(0)
+    out["has_defect"] = out[defect_columns(k)].max(axis=1).astype(np.int64) if len(out) else np.int64(0)
     return out
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (``*.jpg``, ``*.jpeg``, ``*.png``, any case) directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.name,
-    )
 
 
 def load_annotations(
@@ -189,10 +222,11 @@ def load_annotations(
     csv: str = "train.csv",
     images: str = "train_images",
     shape: tuple[int, int] = DEFAULT_SHAPE,
+    num_classes: int = NUM_CLASSES,
 ) -> pd.DataFrame:
     """One row per image file in ``root/images`` joined with ``root/csv``.
 
-    Columns: ``ImageId``, ``EncodedPixels_1..4`` (``""`` when none), ``has_defect_1..4`` and ``has_defect``
+    Columns: ``ImageId``, ``EncodedPixels_1..K`` (``""`` when none), ``has_defect_1..K`` and ``has_defect``
     (int 0/1). Images without a csv row are defect-free. A csv row whose image is not in the folder raises
     :class:`AnnotationError` naming the csv, the line and the ImageId.
     """
@@ -206,8 +240,8 @@ def load_annotations(
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     files = list_images(image_dir)
     if not files:
-        raise FileNotFoundError(f"no images (*.jpg, *.jpeg, *.png) in {image_dir}")
-    parsed = _parse(csv_path, tuple(shape), validate_rle=True)
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}")
+    parsed = _parse(csv_path, tuple(shape), validate_rle=True, num_classes=int(num_classes))
     on_disk = pd.DataFrame({"ImageId": pd.Series([p.name for p in files], dtype=object)})
     missing = sorted(set(parsed.frame["ImageId"]) - set(on_disk["ImageId"]), key=parsed.first_line.get)
     if missing:
@@ -218,30 +252,28 @@ def load_annotations(
             f"{image_dir}{more}"
         )
     frame = on_disk.merge(parsed.frame, on="ImageId", how="left", validate="one_to_one")
-    frame[RLE_COLUMNS] = frame[RLE_COLUMNS].fillna("")
-    return _defect_columns(frame).reset_index(drop=True)
+    columns = rle_columns(num_classes)
+    frame[columns] = frame[columns].fillna("")
+    return add_defect_columns(frame).reset_index(drop=True)
 
 
 def stratify_key(df: pd.DataFrame) -> pd.Series:
     """The defect-class combination of each image: ``"0"`` (no defect), ``"3"``, ``"1+3"``, ...
 
-    Uses ``has_defect_1..4`` when present, else ``EncodedPixels_1..4``.
+    Uses ``has_defect_1..K`` when present, else ``EncodedPixels_1..K`` (K read from the frame).
     """
-    if all(c in df.columns for c in DEFECT_COLUMNS):
-        flags = df[DEFECT_COLUMNS].to_numpy().astype(bool)
-    elif all(c in df.columns for c in RLE_COLUMNS):
-        flags = (df[RLE_COLUMNS].astype(str).apply(lambda s: s.str.strip()) != "").to_numpy()
-    else:
+    k = _consecutive(df, "has_defect_") or _consecutive(df, "EncodedPixels_")
+    if k == 0:
         raise KeyError(
-            f"stratify_key needs columns {DEFECT_COLUMNS} or {RLE_COLUMNS}; got {list(df.columns)}"
+            f"stratify_key needs columns has_defect_1.. or EncodedPixels_1..; got {list(df.columns)}"
         )
-    # Encode each combination as a bit pattern, then look its name up in a table of all 2**4 combinations.
-    codes = flags.astype(np.int64) @ (1 << np.arange(NUM_CLASSES, dtype=np.int64))
-    table = np.array(
-        [
-            "+".join(str(c) for c in CLASS_IDS if code >> (c - 1) & 1) or "0"
-            for code in range(1 << NUM_CLASSES)
-        ],
-        dtype=object,
-    )
-    return pd.Series(table[codes], index=df.index, name="stratify", dtype=object)
+    flags_cols, rle_cols = defect_columns(k), rle_columns(k)
+    if all(c in df.columns for c in flags_cols):
+        flags = df[flags_cols].to_numpy().astype(bool)
+    elif all(c in df.columns for c in rle_cols):
+        flags = (df[rle_cols].astype(str).apply(lambda s: s.str.strip()) != "").to_numpy()
+    else:
+        raise KeyError(f"stratify_key needs columns {flags_cols} or {rle_cols}; got {list(df.columns)}")
+    names = [str(c) for c in range(1, k + 1)]
+    keys = ["+".join(n for n, f in zip(names, row, strict=True) if f) or "0" for row in flags]
+    return pd.Series(keys, index=df.index, name="stratify", dtype=object)

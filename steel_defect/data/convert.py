@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from steel_defect.io import atomic_save, atomic_write
+from steel_defect.io import atomic_save, atomic_write, list_images
 from steel_defect.rle import rle_decode, rle_encode
 
 CURRENT_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 LEGACY_HEADER = ("ImageId_ClassId", "EncodedPixels")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 OVERLAPS = ("error", "first", "last")
 MISSING = ("error", "empty")
 
@@ -145,12 +144,6 @@ def read_index_png(path: Path, shape: tuple[int, int], num_classes: int) -> np.n
     if top > num_classes:
         raise ConversionError(f"{path}: pixel value {top} is above the {num_classes} classes configured")
     return mask
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:

@@ -74,10 +74,10 @@ def copy_paste_config(cfg: Mapping[str, Any] | None) -> dict[str, float] | None:
     return {"p": p, "power": number("power", cfg.get("power", DEFAULT_POWER))}
 
 
-def class_presence(rles: Sequence[Sequence[str]]) -> np.ndarray:
+def class_presence(rles: Sequence[Sequence[str]], num_classes: int = NUM_CLASSES) -> np.ndarray:
     """(N, C) bool: whether image n has a non-empty ``EncodedPixels`` for class c (0-based)."""
     if not len(rles):
-        return np.zeros((0, NUM_CLASSES), dtype=bool)
+        return np.zeros((0, int(num_classes)), dtype=bool)
     return np.array([[bool(r) for r in row] for row in rles], dtype=bool)
 
 

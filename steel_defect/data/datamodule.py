@@ -18,7 +18,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import DEFECT_COLUMNS, RLE_COLUMNS, load_annotations
+from steel_defect.data.annotations import defect_columns, frame_classes, load_annotations, rle_columns
 from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
 from steel_defect.data.dataset import PredictDataset, SteelDataset, predict_collate
 from steel_defect.data.splits import (
@@ -31,7 +31,15 @@ from steel_defect.data.splits import (
 )
 from steel_defect.data.transforms import build_transforms
 
-__all__ = ["MixedDataset", "PseudoMixSampler", "SteelDataModule", "class_frequencies", "oversample_weights"]
+__all__ = [
+    "LAYOUTS",
+    "MixedDataset",
+    "PseudoMixSampler",
+    "SizeBatchSampler",
+    "SteelDataModule",
+    "class_frequencies",
+    "oversample_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ AUGMENT_KEYS = (
     "jpeg_p",
 )
 OVERSAMPLE_KEYS = ("power",)
+#: ``kaggle``: ``train_csv`` + ``train_images`` (Severstal's layout); ``folder``: ``images`` + ``masks``.
+LAYOUTS = ("kaggle", "folder")
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +132,9 @@ class PseudoMixSampler(Sampler):
         if n_pseudo < 1:
             raise ValueError("the pseudo-label set is empty")
         if batch_size < 2:
-            raise ValueError(f"data.batch_size must be >= 2 to mix pseudo-labels into each batch, got {batch_size}")
+            raise ValueError(
+                f"data.batch_size must be >= 2 to mix pseudo-labels into each batch, got {batch_size}"
+            )
         self.base, self.n_pseudo, self.batch_size, self.seed = base, int(n_pseudo), int(batch_size), int(seed)
         self.k = int(min(batch_size - 1, max(1, round(float(share) * batch_size))))
         self.world_size = max(1, int(world_size))
@@ -143,12 +155,16 @@ class PseudoMixSampler(Sampler):
         real = list(iter(self.base))
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         need = self._batches() * self.k
-        order = np.concatenate([rng.permutation(self.n_pseudo) for _ in range(-(-need // self.n_pseudo))])[:need]
+        order = np.concatenate([rng.permutation(self.n_pseudo) for _ in range(-(-need // self.n_pseudo))])[
+            :need
+        ]
         item_seeds = rng.integers(0, 2**31, size=need)
         out, step = [], self.batch_size - self.k
         for b in range(self._batches()):
             batch = real[b * step : (b + 1) * step]
-            batch += [(self.base.n + int(order[j]), int(item_seeds[j])) for j in range(b * self.k, (b + 1) * self.k)]
+            batch += [
+                (self.base.n + int(order[j]), int(item_seeds[j])) for j in range(b * self.k, (b + 1) * self.k)
+            ]
             out.append(batch)
         return out
 
@@ -181,11 +197,34 @@ class MixedDataset(Dataset):
         )
 
 
+class SizeBatchSampler(Sampler):
+    """Batches of up to ``batch_size`` indices whose images share a size, in order (evaluation of data
+    whose images differ in size: every batch stacks; sizes in order of first appearance)."""
+
+    def __init__(self, sizes: list[tuple[int, int]], batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(tuple(size), []).append(i)
+        self.batches = [
+            members[j : j + batch_size]
+            for members in groups.values()
+            for j in range(0, len(members), batch_size)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter([list(b) for b in self.batches])
+
+
 def class_frequencies(df: pd.DataFrame) -> dict[int, float]:
     """Fraction of images containing each class, keyed by class id; key 0 is the defect-free fraction."""
     n = max(len(df), 1)
     freq = {0: float((df["has_defect"] == 0).sum()) / n}
-    for c, col in enumerate(DEFECT_COLUMNS, start=1):
+    for c, col in enumerate(defect_columns(frame_classes(df)), start=1):
         freq[c] = float(df[col].sum()) / n
     return freq
 
@@ -196,17 +235,22 @@ def oversample_weights(df: pd.DataFrame, power: float = 0.5) -> np.ndarray:
     Defect-free images get ``(1 / defect_free_frequency) ** power``; ``power=0`` is uniform sampling.
     """
     freq = class_frequencies(df)
-    flags = df[DEFECT_COLUMNS].to_numpy().astype(bool)
+    k = frame_classes(df)
+    flags = df[defect_columns(k)].to_numpy().astype(bool)
     with np.errstate(divide="ignore"):
-        inv = np.array([1.0 / freq[c] if freq[c] > 0 else 0.0 for c in range(1, NUM_CLASSES + 1)]) ** power
+        inv = np.array([1.0 / freq[c] if freq[c] > 0 else 0.0 for c in range(1, k + 1)]) ** power
     per_class = np.where(flags, inv[None, :], 0.0).max(axis=1, initial=0.0)
     free = (1.0 / freq[0]) ** power if freq[0] > 0 else 0.0
     return np.where(flags.any(axis=1), per_class, free)
 
 
 class SteelDataModule(L.LightningDataModule):
-    """Severstal data: ``root/train_csv`` + ``root/train_images`` for fit/validate/test, ``root/test_images``
-    for predict.
+    """Labelled steel images for fit/validate/test, ``root/test_images`` for predict.
+
+    ``layout``: ``kaggle`` (Severstal's: ``root/train_csv`` + ``root/train_images``) or ``folder`` (the
+    plant's own: ``root/images`` + ``root/masks/<stem>.png``, pixel value = class index; see
+    :mod:`steel_defect.data.folder`; ``missing_mask``: ``error`` or ``empty``). ``classes``: the class names
+    (default Severstal's ``["1", "2", "3", "4"]``); their number is the network's mask channels.
 
     ``split``: ``{"kind": "notebook", "test_size", "val_size", "seed"}`` (default) or ``{"kind": "kfold",
     "n_splits", "fold", "seed"}``. ``crop_width``: random training crop width (full height; None = no crop).
@@ -217,7 +261,9 @@ class SteelDataModule(L.LightningDataModule):
     ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos). ``synthetic``: keyword
     arguments of ``steel_defect.synthetic.generate_dataset`` (``shape`` defaults to ``shape``), used by
     ``prepare_data`` when the csv is absent.
-    ``shape``: image size [H, W] (default ``DEFAULT_SHAPE``).
+    ``shape``: image size [H, W] (kaggle default ``DEFAULT_SHAPE``); with the folder layout null means
+    images of any size: training crops ``crop_height x crop_width`` (both required; smaller images are
+    zero-padded) and evaluation batches hold images of one size (:class:`SizeBatchSampler`).
     ``pseudo_labels``: a pseudo-label csv written by ``predict.py task=pseudo`` (+ its ``_empty.txt``) for
     the images in ``pseudo_images`` (default ``root/test_images``): mixed into training at ``pseudo_share`` of
     every batch (:class:`PseudoMixSampler`), never into validation or test; refused if it names an image of
@@ -251,13 +297,29 @@ class SteelDataModule(L.LightningDataModule):
         pseudo_share: float = 0.12,
         persistent_workers: bool = False,
         shape: list[int] | None = None,
+        layout: str = "kaggle",
+        classes: list[str] | None = None,
+        images: str = "images",
+        masks: str = "masks",
+        missing_mask: str = "error",
+        crop_height: int | None = None,
     ) -> None:
         super().__init__()
         if root is None or str(root).strip() in ("", "???"):
             raise ValueError(
-                "data.root is required: the folder holding train.csv, train_images/, test_images/"
+                "data.root is required: the folder holding train.csv, train_images/, test_images/ "
+                "(data=severstal) or images/ + masks/ (data=folder)"
             )
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         self.save_hyperparameters(logger=False)
+        names = (
+            [str(c + 1) for c in range(NUM_CLASSES)] if classes is None else [str(c) for c in _plain(classes)]
+        )
+        if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
+            raise ValueError(f"data.classes must be distinct non-empty class names, got {classes!r}")
+        #: The class names, in mask-channel order (class id k + 1 = channel k).
+        self.classes: list[str] = names
         self.root = Path(root)
         self.split_cfg: dict[str, Any] = normalise_split_cfg(
             _plain(split) if split is not None else DEFAULT_SPLIT
@@ -266,9 +328,14 @@ class SteelDataModule(L.LightningDataModule):
         self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
         self.copy_paste = copy_paste_config(_check_keys("copy_paste", copy_paste, COPY_PASTE_KEYS))
         self.synthetic = _plain(synthetic)
-        self.shape: tuple[int, int] = tuple(int(s) for s in (shape or DEFAULT_SHAPE))  # type: ignore[assignment]
-        if len(self.shape) != 2:
+        if shape is None and layout == "kaggle":
+            shape = list(DEFAULT_SHAPE)
+        #: The image size every image must have; None: any size (folder layout without data.shape).
+        self.shape: tuple[int, int] | None = None if shape is None else tuple(int(s) for s in shape)  # type: ignore[assignment]
+        if self.shape is not None and (len(self.shape) != 2 or min(self.shape) < 1):
             raise ValueError(f"data.shape must be [height, width], got {shape!r}")
+        if self.shape is None:
+            build_transforms("train", crop_height=crop_height, crop_width=crop_width, any_size=True)
         for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
             if value is not None and int(value) < 1:
                 raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
@@ -283,8 +350,14 @@ class SteelDataModule(L.LightningDataModule):
         self.val_dataset: SteelDataset | None = None
         self.test_dataset: SteelDataset | None = None
         self.predict_dataset: PredictDataset | None = None
+        self._sizes: dict[str, tuple[int, int]] = {}
 
     # ----------------------------------------------------------------------------------------- preparation
+    @property
+    def num_classes(self) -> int:
+        """How many classes (mask channels) the data has: ``len(classes)``."""
+        return len(self.classes)
+
     @property
     def csv_path(self) -> Path:
         return self.root / self.hparams.train_csv
@@ -293,6 +366,15 @@ class SteelDataModule(L.LightningDataModule):
         """Generate the synthetic data set when ``synthetic`` is set and ``root/train_csv`` is absent."""
         if self.synthetic is None:
             return
+        if (
+            self.hparams.layout != "kaggle"
+            or self.shape is None
+            or self.classes != [str(c + 1) for c in range(NUM_CLASSES)]
+        ):
+            raise ValueError(
+                "data.synthetic generates Severstal's kaggle layout with its four classes: set data.synthetic=null "
+                "for the folder layout or other classes"
+            )
         from steel_defect.synthetic import generate_dataset
         from steel_defect.synthetic.dataset import GENERATOR_VERSION, read_stamp
 
@@ -322,10 +404,26 @@ class SteelDataModule(L.LightningDataModule):
             return self.annotations
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist")
-        if not self.csv_path.exists():
-            hint = " (set data.synthetic to generate a synthetic set)" if self.synthetic is None else ""
-            raise FileNotFoundError(f"annotation csv not found: {self.csv_path}{hint}")
-        df = load_annotations(self.root, self.hparams.train_csv, self.hparams.train_images, shape=self.shape)
+        hp = self.hparams
+        if hp.layout == "folder":
+            from steel_defect.data.folder import load_folder_annotations
+
+            df = load_folder_annotations(self.root, self.num_classes, hp.images, hp.masks, hp.missing_mask)
+            if self.shape is not None:
+                other = df[(df["height"] != self.shape[0]) | (df["width"] != self.shape[1])]
+                if len(other):
+                    row = other.iloc[0]
+                    raise ValueError(
+                        f"image {self.root / hp.images / row['ImageId']} is {row['height']}x{row['width']} but "
+                        f"data.shape is {self.shape[0]}x{self.shape[1]} (data.shape=null accepts any size)"
+                    )
+        else:
+            if not self.csv_path.exists():
+                hint = " (set data.synthetic to generate a synthetic set)" if self.synthetic is None else ""
+                raise FileNotFoundError(f"annotation csv not found: {self.csv_path}{hint}")
+            df = load_annotations(
+                self.root, hp.train_csv, hp.train_images, shape=self.shape, num_classes=self.num_classes
+            )
         split_file = self.hparams.split_file
         if split_file and Path(split_file).exists():
             split = load_split(split_file)
@@ -339,8 +437,8 @@ class SteelDataModule(L.LightningDataModule):
             unknown = sorted(set().union(*split_parts(split).values()) - set(df["ImageId"]))
             if unknown:
                 raise ValueError(
-                    f"split file {split_file}: {len(unknown)} ImageIds are not in {self.csv_path.parent}/"
-                    f"{self.hparams.train_images}, e.g. {unknown[:3]}"
+                    f"split file {split_file}: {len(unknown)} ImageIds are not in {self.image_dir}, "
+                    f"e.g. {unknown[:3]}"
                 )
             log.info("loaded split from %s", split_file)
         else:
@@ -350,6 +448,14 @@ class SteelDataModule(L.LightningDataModule):
                 log.info("saved split to %s", split_file)
         self.split = split
         self.annotations = df
+        if "height" in df.columns:
+            self._sizes = dict(
+                zip(
+                    df["ImageId"],
+                    zip(df["height"].astype(int), df["width"].astype(int), strict=True),
+                    strict=True,
+                )
+            )
         return df
 
     def _part(self, name: str, limit: int | None = None) -> pd.DataFrame:
@@ -367,7 +473,18 @@ class SteelDataModule(L.LightningDataModule):
 
     def _train_transform(self) -> Any:
         """The training augmentation pipeline (train split and pseudo-labelled images alike)."""
-        return build_transforms("train", crop_width=self._crop_width(), shape=self.shape, **self.augment)
+        hp = self.hparams
+        if self.shape is None:
+            crop = {"crop_height": hp.crop_height, "crop_width": hp.crop_width, "any_size": True}
+        else:
+            crop = {"crop_height": self._crop(hp.crop_height, 0), "crop_width": self._crop(hp.crop_width, 1)}
+        return build_transforms("train", shape=self.shape, **crop, **self.augment)
+
+    @property
+    def image_dir(self) -> Path:
+        """The folder of the labelled images (``train_images`` or, with the folder layout, ``images``)."""
+        hp = self.hparams
+        return self.root / (hp.images if hp.layout == "folder" else hp.train_images)
 
     def _dataset(self, df: pd.DataFrame, stage: str) -> SteelDataset:
         hp = self.hparams
@@ -376,7 +493,7 @@ class SteelDataModule(L.LightningDataModule):
         copy_paste = self.copy_paste if stage == "train" else None
         return SteelDataset(
             df,
-            self.root / hp.train_images,
+            self.image_dir,
             transform,
             shape=self.shape,
             blackout_p=blackout,
@@ -384,9 +501,9 @@ class SteelDataModule(L.LightningDataModule):
             copy_paste=copy_paste,
         )
 
-    def _crop_width(self) -> int | None:
-        crop = self.hparams.crop_width
-        return None if crop is None or int(crop) >= self.shape[1] else int(crop)
+    def _crop(self, crop: int | None, axis: int) -> int | None:
+        """A crop size along ``axis`` of the fixed image shape (None: no crop along it)."""
+        return None if crop is None or int(crop) >= self.shape[axis] else int(crop)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets for ``stage`` (fit, validate, test, predict; None = all)."""
@@ -403,7 +520,9 @@ class SteelDataModule(L.LightningDataModule):
             self.test_dataset = self._dataset(self._part("test"), "test") if has_test else None
         if stage in (None, "predict"):
             self.predict_dataset = PredictDataset(
-                self.root / hp.test_images, build_transforms("predict"), fallback_shape=self.shape
+                self.root / hp.test_images,
+                build_transforms("predict"),
+                fallback_shape=self.shape or DEFAULT_SHAPE,
             )
 
     def _pseudo_dataset(self) -> SteelDataset | None:
@@ -413,16 +532,22 @@ class SteelDataModule(L.LightningDataModule):
             return None
         from steel_defect.pseudo import read_pseudo_labels
 
+        if self.shape is None:
+            raise ValueError(
+                "data.pseudo_labels needs a fixed data.shape (the pseudo-label RLEs are checked against it)"
+            )
         images = Path(hp.pseudo_images) if hp.pseudo_images else self.root / hp.test_images
         exclude = {part: set(ids) for part, ids in split_parts(self.split).items() if part != "train"}
-        self.pseudo_frame = read_pseudo_labels(hp.pseudo_labels, images, self.shape, exclude=exclude)
+        self.pseudo_frame = read_pseudo_labels(
+            hp.pseudo_labels, images, self.shape, exclude=exclude, num_classes=self.num_classes
+        )
         if self.pseudo_frame.empty:
             raise ValueError(f"data.pseudo_labels: {hp.pseudo_labels} holds no images")
         log.info(
             "pseudo-labels: %d images from %s (%d with masks), %.0f%% of every training batch",
             len(self.pseudo_frame),
             hp.pseudo_labels,
-            int((self.pseudo_frame[RLE_COLUMNS] != "").any(axis=1).sum()),
+            int((self.pseudo_frame[rle_columns(self.num_classes)] != "").any(axis=1).sum()),
             100 * float(hp.pseudo_share),
         )
         return SteelDataset(
@@ -451,11 +576,14 @@ class SteelDataModule(L.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool = False, sampler=None, collate_fn=None):
         hp = self.hparams
         workers = int(hp.num_workers)
+        batching: dict[str, Any] = {"batch_size": int(batch_size), "shuffle": shuffle, "sampler": sampler}
+        if self.shape is None and isinstance(dataset, SteelDataset) and sampler is None:
+            # evaluation of images of several sizes: one size per batch
+            sizes = [self._sizes[i] for i in dataset.image_ids]
+            batching = {"batch_sampler": SizeBatchSampler(sizes, int(batch_size))}
         return DataLoader(
             dataset,
-            batch_size=int(batch_size),
-            shuffle=shuffle,
-            sampler=sampler,
+            **batching,
             num_workers=workers,
             pin_memory=bool(hp.pin_memory),
             persistent_workers=bool(hp.persistent_workers) and workers > 0,

@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
-from steel_defect.data.annotations import RLE_COLUMNS, AnnotationError, list_images
+from steel_defect import DEFAULT_SHAPE
+from steel_defect.data.annotations import AnnotationError, frame_classes, rle_columns
+from steel_defect.io import IMAGE_SUFFIXES, list_images
 from steel_defect.data.blackout import blackout_defect
 from steel_defect.data.copy_paste import (
     choose_class,
@@ -72,9 +73,9 @@ def _to_tensors(out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 class SteelDataset(Dataset):
-    """Labelled images from a wide annotation frame (``ImageId``, ``EncodedPixels_1..4``).
+    """Labelled images from a wide annotation frame (``ImageId``, ``EncodedPixels_1..K``, K classes).
 
-    Each item: ``image`` float32 (3, H, W) in [0, 1], ``mask`` float32 (4, H, W) 0/1, ``labels`` float32 (4,)
+    Each item: ``image`` float32 (3, H, W) in [0, 1], ``mask`` float32 (K, H, W) 0/1, ``labels`` float32 (K,)
     (1 where the mask channel is non-empty *after* augmentation: a crop can remove a defect) and
     ``image_id`` str. Masks are decoded at each image's own size; when ``shape`` is given, images of another
     size raise an error naming the file. With probability ``blackout_p`` one present class is erased with
@@ -101,16 +102,17 @@ class SteelDataset(Dataset):
         seed: int = 0,
         copy_paste: Mapping[str, Any] | None = None,
     ) -> None:
-        missing = [c for c in ("ImageId", *RLE_COLUMNS) if c not in df.columns]
-        if missing:
-            raise KeyError(f"SteelDataset needs columns {missing}; got {list(df.columns)}")
+        if "ImageId" not in df.columns:
+            raise KeyError(f"SteelDataset needs an ImageId column; got {list(df.columns)}")
+        self.num_classes = frame_classes(df)
         if not 0.0 <= float(blackout_p) <= 1.0:
             raise ValueError(f"blackout_p must be a probability in [0, 1], got {blackout_p!r}")
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.image_ids: list[str] = df["ImageId"].astype(str).tolist()
-        self.rles: list[list[str]] = df[RLE_COLUMNS].fillna("").astype(str).to_numpy().tolist()
+        columns = rle_columns(self.num_classes)
+        self.rles: list[list[str]] = df[columns].fillna("").astype(str).to_numpy().tolist()
         self.shape = None if shape is None else (int(shape[0]), int(shape[1]))
         self.transform = transform if transform is not None else build_transforms("val", shape=self.shape)
         self.blackout_p = float(blackout_p)
@@ -119,7 +121,7 @@ class SteelDataset(Dataset):
         self._paste_weights: np.ndarray | None = None
         self._paste_pools: list[np.ndarray] = []
         if self.copy_paste is not None and self.copy_paste["p"] > 0.0:
-            present = class_presence(self.rles)
+            present = class_presence(self.rles, self.num_classes)
             weights = class_weights(present, self.copy_paste["power"])
             if weights.sum() > 0:
                 self._paste_weights, self._paste_pools = weights, donor_pools(present)
@@ -141,7 +143,7 @@ class SteelDataset(Dataset):
         return self._rng
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw RGB uint8 image (H, W, 3) and mask stack uint8 (4, H, W) of item ``index``."""
+        """Raw RGB uint8 image (H, W, 3) and mask stack uint8 (K, H, W) of item ``index``."""
         image_id = self.image_ids[index]
         path = self.image_dir / image_id
         image = read_image(path)
@@ -150,7 +152,7 @@ class SteelDataset(Dataset):
                 f"image {path} is {image.shape[0]}x{image.shape[1]} but the data shape is "
                 f"{self.shape[0]}x{self.shape[1]} (set data.shape to the image size)"
             )
-        masks = np.zeros((NUM_CLASSES, *image.shape[:2]), dtype=np.uint8)
+        masks = np.zeros((self.num_classes, *image.shape[:2]), dtype=np.uint8)
         for k, rle in enumerate(self.rles[index]):
             if rle:
                 try:
@@ -193,7 +195,7 @@ class SteelDataset(Dataset):
             rng = self._random_state()
         image, masks = self.load(index)
         if self.blackout_p > 0.0:
-            present = np.flatnonzero(masks.reshape(NUM_CLASSES, -1).any(axis=1))
+            present = np.flatnonzero(masks.reshape(self.num_classes, -1).any(axis=1))
             if len(present) and rng.random() < self.blackout_p:
                 image, masks = blackout_defect(image, masks, int(rng.choice(present)), rng)
         if self._paste_weights is not None and rng.random() < self.copy_paste["p"]:
@@ -224,7 +226,7 @@ class PredictDataset(Dataset):
             if source.is_dir():
                 self.paths = list_images(source)
                 if not self.paths:
-                    raise FileNotFoundError(f"no images (*.jpg, *.jpeg, *.png) in {source}")
+                    raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
             elif source.exists():
                 self.paths = [source]
             else:

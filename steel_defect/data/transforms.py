@@ -1,7 +1,7 @@
-"""Albumentations (2.0.x) pipelines: uint8 RGB image + (H, W, 4) mask in, float tensors out.
+"""Albumentations (2.0.x) pipelines: uint8 RGB image + (H, W, K) mask in, float tensors out.
 
 Every pipeline ends with ``ToFloat(max_value=255)`` and ``ToTensorV2(transpose_mask=True)``: the image
-comes out as a float32 (3, H, W) tensor in [0, 1] and the mask as a (4, H, W) tensor. There is no mean/std
+comes out as a float32 (3, H, W) tensor in [0, 1] and the mask as a (K, H, W) tensor. There is no mean/std
 normalisation here: the network normalises internally with its encoder's statistics (docs/ARCHITECTURE.md),
 so the data pipeline does not depend on the encoder.
 """
@@ -45,6 +45,7 @@ def build_transforms(
     jpeg_p: float = 0.0,
     shape: tuple[int, int] | None = None,
     seed: int | None = None,
+    any_size: bool = False,
 ) -> A.Compose:
     """The albumentations pipeline for ``stage`` (``train``, ``val``, ``test`` or ``predict``).
 
@@ -54,6 +55,9 @@ def build_transforms(
     default), ``RandomGamma`` (``gamma_p``), ``GaussianBlur`` (``blur_p``), grey ``GaussNoise``
     (``noise_p``) and ``ImageCompression`` at JPEG quality 50-95 (``jpeg_p``). Other stages: the full image,
     no augmentation.
+    ``any_size``: the images differ in size (the plant's own data): ``train`` needs both crop sizes and
+    crops every image to exactly ``crop_height x crop_width``, zero-padding (image and mask) one that is
+    smaller, so that any mix of sizes batches; ``shape`` is then ignored.
     All stages end with ``ToFloat(max_value=255)`` and ``ToTensorV2(transpose_mask=True)``.
     ``seed`` seeds the ``Compose``'s own random state (albumentations ignores the global seeds);
     :class:`~steel_defect.data.dataset.SteelDataset` re-seeds it per process from its own ``seed``.
@@ -62,7 +66,14 @@ def build_transforms(
         raise ValueError(f"unknown transform stage {stage!r}; valid stages: {list(STAGES)}")
     height, width = shape if shape is not None else DEFAULT_SHAPE
     steps: list[A.BasicTransform] = []
-    if stage == "train":
+    if stage == "train" and any_size:
+        if crop_height is None or crop_width is None or int(crop_height) < 1 or int(crop_width) < 1:
+            raise ValueError(
+                f"images of different sizes need a fixed training crop: set data.crop_height and "
+                f"data.crop_width (got {crop_height!r} x {crop_width!r})"
+            )
+        steps.append(A.RandomCrop(height=int(crop_height), width=int(crop_width), pad_if_needed=True, p=1.0))
+    elif stage == "train":
         crop_h = height if crop_height is None else int(crop_height)
         crop_w = width if crop_width is None else int(crop_width)
         if not (0 < crop_h <= height and 0 < crop_w <= width):
@@ -71,6 +82,7 @@ def build_transforms(
             )
         if (crop_h, crop_w) != (height, width):
             steps.append(A.RandomCrop(height=crop_h, width=crop_w, p=1.0))
+    if stage == "train":
         steps += [
             A.HorizontalFlip(p=_probability("hflip_p", hflip_p)),
             A.VerticalFlip(p=_probability("vflip_p", vflip_p)),

@@ -211,6 +211,8 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     arch_cls = _arch_class(out["arch"])
     out["arch"] = arch_cls.__name__
     out["encoder_name"] = validate_encoder_name(out["encoder_name"])
+    if out["classes"] is None:  # "as many as the data's class names": the module fills it in; else 4
+        out["classes"] = NUM_CLASSES
     for key, low in (("classes", 1), ("in_channels", 1)):
         value = out[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -137,6 +137,10 @@ def cosine_warmup_factor(step: int, total: int, warmup: int, min_ratio: float) -
 class SteelDefectModule(L.LightningModule):
     """Train/validate/test/predict one SteelNet (see the module docstring; all arguments are plain values).
 
+    ``class_names`` (train.yaml passes ``data.classes``) name the mask channels; ``net.classes`` null
+    follows their number. Without ``postprocess`` the gates start at the notebook's for Severstal's four
+    classes, else at :meth:`PostprocessParams.for_classes` (no Severstal area limits).
+
     Logged: ``train/loss*``; ``val/loss*``, ``val/dice_raw[_c]`` (threshold 0.5), ``val/dice[_c]`` (after
     post-processing with ``postprocess``; the monitored metric), ``val/cls_{precision,recall,f1}_c``,
     ``val/img_auroc_max_cls`` (max of the class head as an "image has a defect" score) and, with an image
@@ -157,15 +161,30 @@ class SteelDefectModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         cls_threshold: float = 0.5,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        net = resolve_config(to_plain(net, "model.net"))
+        net = to_plain(net, "model.net")
+        names = None if class_names is None else [str(n) for n in to_plain(class_names, "model.class_names")]
+        if isinstance(net, Mapping) and net.get("classes") is None:
+            net = {**net, "classes": len(names) if names else len(CLASS_NAMES)}
+        net = resolve_config(net)
+        if names is not None and len(names) != net["classes"]:
+            raise ValueError(
+                f"model.net.classes={net['classes']} but there are {len(names)} class names {names} "
+                "(model.class_names, from data.classes): leave model.net.classes null to follow the data"
+            )
+        #: Class names in mask-channel order (Severstal's "1".."4" by default), stored in the checkpoint.
+        self.class_names: list[str] = names or [str(c + 1) for c in range(net["classes"])]
         loss = to_plain(loss, "model.loss") or {}
         optimizer = _resolve_optimizer(to_plain(optimizer, "model.optimizer"))
         scheduler = _resolve_scheduler(to_plain(scheduler, "model.scheduler"))
         pp = to_plain(postprocess, "model.postprocess")
+        k = int(net["classes"])
         self.pp_params = (
-            PostprocessParams.notebook_defaults() if pp is None else PostprocessParams.from_dict(pp)
+            PostprocessParams.for_classes(k, severstal=self.class_names == CLASS_NAMES)
+            if pp is None
+            else PostprocessParams.from_dict(pp, num_classes=k)
         )
         if (
             not isinstance(cls_threshold, int | float)
@@ -186,6 +205,7 @@ class SteelDefectModule(L.LightningModule):
                 "channels_last": channels_last,
                 "compile": compile,
                 "cls_threshold": float(cls_threshold),
+                "class_names": names,
             }
         )
         _check_keys(loss, inspect.signature(SegClsLoss).parameters, "model.loss")
@@ -404,5 +424,5 @@ class SteelDefectModule(L.LightningModule):
             "format_version": FORMAT_VERSION,
             "net": net_cfg,
             "postprocess": self.pp_params.to_dict(),
-            "classes": list(CLASS_NAMES[: int(net_cfg["classes"])]),
+            "classes": list(self.class_names),
         }

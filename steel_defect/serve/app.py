@@ -9,13 +9,13 @@ from typing import Any
 
 import litserve as ls
 
+from steel_defect.io import list_images
 from steel_defect.predictor import Predictor
 from steel_defect.serve.result import overlay_png, prediction_json
 from steel_defect.serve.settings import ServeSettings
 from steel_defect.serve.upload import UploadMiddleware, decode_image
 
 API_PATH = "/predict"
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def describe(predictor: Predictor, runtime: str = "auto") -> dict[str, Any]:
@@ -72,7 +72,7 @@ class SteelDefectAPI(ls.LitAPI):
                 self.predictor.classes,
                 self.model,
                 self.thresholds,
-                overlay=overlay_png(item["image"], pred) if item["overlay"] else None,
+                overlay=overlay_png(item["image"], pred, self.predictor.classes) if item["overlay"] else None,
             )
             for item, pred in zip(items, preds, strict=True)
         ]
@@ -86,9 +86,7 @@ def folder_images(folder: str | None) -> list[str]:
     """The image files the viewer may pick from ``folder`` (sorted names; none without a folder)."""
     if folder is None:
         return []
-    return sorted(
-        p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return [p.name for p in list_images(folder)]
 
 
 def add_viewer_routes(app: Any, settings: ServeSettings, info: dict[str, Any]) -> None:

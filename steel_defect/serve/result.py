@@ -27,13 +27,13 @@ def components(mask: np.ndarray) -> list[dict[str, int]]:
     return sorted(boxes, key=lambda b: (-b["area"], b["y"], b["x"]))
 
 
-def overlay_png(image_rgb: np.ndarray, pred: ImagePrediction) -> str:
-    """The report's overlay picture of ``pred`` on its image, PNG, base64."""
+def overlay_png(image_rgb: np.ndarray, pred: ImagePrediction, classes: Sequence[str] | None = None) -> str:
+    """The report's overlay picture of ``pred`` on its image (classes titled by ``classes``), PNG, base64."""
     import cv2
 
     from steel_defect.report import render_overlay
 
-    picture = render_overlay(image_rgb, pred.masks, pred.class_probs, pred.image_id)
+    picture = render_overlay(image_rgb, pred.masks, pred.class_probs, pred.image_id, class_names=classes)
     ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("OpenCV could not encode the overlay as PNG")

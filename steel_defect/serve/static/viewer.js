@@ -1,7 +1,7 @@
 // steel-defect viewer: upload an image to POST /predict, draw the returned RLE masks over it per class.
 "use strict";
 // The same colours as steel_defect.report.CLASS_COLORS (cycled for more classes).
-const COLORS = [[255, 200, 0], [0, 180, 255], [255, 60, 60], [60, 220, 60]];
+const COLORS = [[255, 200, 0], [0, 180, 255], [255, 60, 60], [60, 220, 60], [200, 90, 255], [255, 130, 200], [0, 220, 200], [255, 255, 255]];
 const state = { model: null, results: [], current: null, shown: {} };
 const $ = (id) => document.getElementById(id);
 
