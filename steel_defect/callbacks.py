@@ -142,7 +142,7 @@ class TuneThresholds(L.Callback):
             if meta.get("postprocess")
             else None
         )
-        kwargs = stats_for(base, self.pix_modes)
+        kwargs = stats_for(base, self.pix_modes, int(pl_module.net.config["classes"]))
         stats = collect_tuning_stats(net, loader, device=pl_module.device, tta=self.tta, **kwargs)
         params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
         self.path = best.parent / self.filename

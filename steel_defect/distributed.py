@@ -44,7 +44,15 @@ class _PredictModule(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> list[tuple[str, list[str], bool]]:
         from steel_defect.predictor import iter_predictions
 
-        preds = iter_predictions(list(self.nets), [batch], self.params, self.device, self.tta, self.amp)
+        preds = iter_predictions(
+            list(self.nets),
+            [batch],
+            self.params,
+            self.device,
+            self.tta,
+            self.amp,
+            num_classes=self.params.num_classes,
+        )
         return [(p.image_id, p.rles, p.ok) for p in preds]
 
 

@@ -31,6 +31,14 @@ from torch import nn
 
 from steel_defect import DEFAULT_SHAPE, __version__
 from steel_defect.io import atomic_save
+from steel_defect.onnx_meta import (
+    FORMAT_VERSION,
+    IMAGE_OUTPUT_NAME,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+)
+from steel_defect.onnx_meta import parse_metadata as _parse_metadata
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,14 +52,6 @@ __all__ = [
     "read_onnx_metadata",
 ]
 
-#: Version of the metadata layout stored in the ONNX file (OnnxNet refuses newer ones).
-FORMAT_VERSION = 1
-#: ``metadata_props`` key holding the JSON metadata.
-METADATA_KEY = "steel_defect"
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("mask_logits", "class_logits")
-#: The third output of a net with an image head: the "image has any defect" logits (B,).
-IMAGE_OUTPUT_NAME = "image_logits"
 #: Largest torch-vs-ONNX probability difference accepted by the check after export.
 PROB_TOLERANCE = 1e-4
 _EXTRA_HINT = 'pip install "steel-defect[onnx]"'
@@ -203,25 +203,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"ONNX model not found: {path}")
     model = onnx.load(str(path), load_external_data=False)
     return _parse_metadata(path, {p.key: p.value for p in model.metadata_props})
-
-
-def _parse_metadata(path: Path, props: Mapping[str, str]) -> dict[str, Any]:
-    if METADATA_KEY not in props:
-        raise ValueError(
-            f"{path}: no {METADATA_KEY!r} metadata: not exported by steel_defect.export.export_onnx "
-            "(python predict.py task=export ckpt=...)"
-        )
-    try:
-        meta = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: {METADATA_KEY!r} metadata is not valid JSON: {err}") from err
-    version = meta.get("format_version") if isinstance(meta, dict) else None
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: unsupported {METADATA_KEY} metadata format_version={version!r} (this steel_defect "
-            f"{__version__} reads <= {FORMAT_VERSION}); re-export with this version"
-        )
-    return meta
 
 
 class OnnxNet(nn.Module):

@@ -6,6 +6,7 @@
 * ``tune``: threshold search on the run's validation split -> ``thresholds.yaml`` beside the checkpoint;
 * ``tune_oof`` (:mod:`steel_defect.folds`), ``pseudo`` (:mod:`steel_defect.pseudo`);
 * ``export``: a checkpoint -> ONNX (``steel_defect.export``).
+* ``quantize``: an exported ONNX model -> its int8 version (``steel_defect.quantize``).
 """
 
 from __future__ import annotations
@@ -352,12 +353,14 @@ def labelled_loader(
     device: torch.device,
     num_classes: int = NUM_CLASSES,
 ) -> Any:
-    """A loader over the labelled images ``ids`` (from ``split_path``) at full size, no augmentation."""
+    """A loader over the labelled images ``ids`` (from ``split_path``) at full size, no augmentation; images
+    of several sizes are batched one size per batch."""
     import pandas as pd
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, SequentialSampler
 
     from steel_defect.data.annotations import read_train_csv, rle_columns
-    from steel_defect.data.dataset import SteelDataset
+    from steel_defect.data.convert import image_size
+    from steel_defect.data.dataset import SizeBatchSampler, SteelDataset
     from steel_defect.data.transforms import build_transforms
 
     missing = [i for i in ids if not (images / i).is_file()]
@@ -369,10 +372,11 @@ def labelled_loader(
         read_train_csv(labels, validate_rle=False, num_classes=num_classes), on="ImageId", how="left"
     )
     frame[rle_columns(num_classes)] = frame[rle_columns(num_classes)].fillna("")
+    dataset = SteelDataset(frame, images, build_transforms("val"))
+    sizes = [image_size(images / i) for i in ids]
     return DataLoader(
-        SteelDataset(frame, images, build_transforms("val")),
-        batch_size=batch_size,
-        shuffle=False,
+        dataset,
+        batch_sampler=SizeBatchSampler(SequentialSampler(dataset), batch_size, False, sizes=sizes),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -401,7 +405,7 @@ def run_tune(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     k = len(metas[0].get("classes") or []) or NUM_CLASSES
     loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device, k)
     base = PostprocessParams.from_dict(metas[0]["postprocess"], k) if metas[0].get("postprocess") else None
-    kwargs = stats_for(base, c.pix_modes)
+    kwargs = stats_for(base, c.pix_modes, k)
     with _progress(_stderr_console()) as progress:
         task = progress.add_task("tune", total=len(ids), rate="")
 
@@ -467,6 +471,33 @@ def run_export(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     return {"onnx": str(path), "thresholds": source if binding is not None else None}
 
 
+def run_quantize(c: PredictConfig, console: Any = None) -> dict[str, Any]:
+    """task=quantize: one exported ONNX model -> int8 (default: beside it, ``.int8.onnx``), calibrated on
+    crops of the labelled images (``data.images``, default ``data.root/train_images``)."""
+    from rich.console import Console
+
+    from steel_defect.io import list_images
+    from steel_defect.quantize import quantize_onnx
+
+    console = console if console is not None else Console()
+    if len(c.ckpt) != 1:
+        raise ValueError(f"task=quantize takes one exported model, got ckpt={[str(p) for p in c.ckpt]}")
+    src = c.ckpt[0]
+    if not src.is_file():
+        raise FileNotFoundError(f"ckpt: model not found: {src}")
+    images = list_images(_images_dir(c, "train_images"))
+    out = c.quantize["out"] or src.with_name(src.stem + ".int8.onnx")
+    opts = {k: v for k, v in c.quantize.items() if k != "out"}
+    path = quantize_onnx(src, out, images, **opts)
+    console.print(
+        f"quantised {src} to {path} ({opts['crops']} calibration crops of width {opts['crop_width']} "
+        f"from {len(images)} images); run it with runtime=int8",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return {"onnx": str(path)}
+
+
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Entry point of ``predict.py``: validate the plain config, then run its ``task``; with a ``trainer``
     config (``trainer=ddp``), predict with Lightning's Trainer.predict in several processes."""
@@ -493,4 +524,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         from steel_defect.pseudo import run_pseudo
 
         return run_pseudo(c)
+    if c.task == "quantize":
+        return run_quantize(c)
     return run_export(c)

@@ -63,6 +63,15 @@ def validate_config(cfg: DictConfig) -> None:
         )
     data = cfg.get("data")
     if data is not None and data.get("synthetic") is None:
+        folder = data.get("layout", "kaggle") == "folder"
+        needed = ["data.root=DIR"] if data.get("root") is None else []
+        if folder and not data.get("classes"):
+            needed.append("data.classes=[name,...] (one name per class index 1..K of the mask PNGs)")
+        if needed:
+            raise ValueError(
+                f"data={'folder' if folder else 'severstal'} needs {' and '.join(needed)} (DIR holds "
+                f"{'images/ + masks/' if folder else 'train.csv + train_images/'})"
+            )
         root = Path(str(data.root))
         if not root.is_dir():
             raise FileNotFoundError(f"data.root={root} is not a directory")

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writers (nothing is ever left half-written) and the image-folder listing."""
+"""Small file helpers: atomic writers (nothing is ever left half-written), image folders and image reading."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 #: The image files every reader of an image folder accepts (any case).
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -63,3 +65,24 @@ def atomic_save(path: str | os.PathLike, writer) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+class ImageReadError(OSError):
+    """An image file is missing, unreadable or not a decodable image."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array (H, W, 3); grey images are expanded to 3 channels.
+
+    Pixels as stored: an EXIF orientation tag is ignored, so the array always has the size the file's header
+    gives and its masks (drawn on the stored pixels) fit it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {path}")
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.size == 0:
+        raise ImageReadError(f"cannot decode image (corrupt or not an image): {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

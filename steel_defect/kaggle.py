@@ -22,26 +22,21 @@ Keys: ``ckpt`` (required; ``a,b`` or ``[a,b]``), ``out`` (required), ``threshold
 thresholds.yaml beside the first checkpoint, refused when there is none | PATH | defaults | raw),
 ``wheels`` (replaces the default list), ``extra_wheels`` (added to it), ``input``, ``output``, ``download``,
 ``overwrite``, ``batch_size``, ``num_workers``, ``tta``, ``device``, ``amp``, ``project_wheel`` (a prebuilt
-project wheel instead of building this checkout).
+project wheel instead of building this checkout), ``runtime`` (``torch``, or ``onnx``: ``DIR/models/*.onnx``
+instead of checkpoints, an onnxruntime wheel instead of smp/Hydra, and a kernel that never imports torch),
+``height`` (the ONNX models' input height, default 256).
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import hashlib
-import io
 import json
 import os
 import pprint
 import re
 import shutil
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -49,6 +44,15 @@ from typing import Any
 
 from steel_defect import __version__
 from steel_defect.io import atomic_save, atomic_write
+from steel_defect.wheels import (
+    _sha256_file,
+    build_project_wheel,
+    canonical_name,
+    check_bundle_name,
+    download_wheel,
+    wheel_from_installed,
+    wheel_name_version,
+)
 
 __all__ = [
     "DEFAULT_INPUT",
@@ -74,9 +78,6 @@ DEFAULT_WHEELS: tuple[str, ...] = (
     "omegaconf",
     "antlr4-python3-runtime",
 )
-#: Never bundled: Kaggle's own CUDA build of torch must stay in charge.
-NEVER_BUNDLE: tuple[str, ...] = ("torch", "torchvision", "torchaudio", "triton")
-NEVER_BUNDLE_PREFIXES: tuple[str, ...] = ("nvidia-", "cuda-")
 DEFAULT_INPUT = "/kaggle/input/severstal-steel-defect-detection/test_images"
 DEFAULT_OUTPUT = "/kaggle/working/submission.csv"
 MANIFEST_NAME = "steel_defect_bundle.json"
@@ -108,235 +109,15 @@ BUNDLE_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "amp": True,
     "project_wheel": None,
+    "runtime": "torch",
+    "height": 256,
 }
-_FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+#: ``runtime=onnx``: the checkpoints go in as ONNX models (dynamic width, ``height`` rows) and the kernel
+#: predicts with :class:`steel_defect.ort_predictor.OrtPredictor`: no torch, timm or smp on Kaggle's side.
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+ONNX_WHEELS: tuple[str, ...] = ("onnxruntime",)
 _TEMPLATE = Path(__file__).with_name("kaggle_kernel.py")
 _SETTINGS_RE = re.compile(r"^# >>> settings\n.*?^# <<< settings\n", re.S | re.M)
-
-
-# ======================================================================================================
-# Wheels
-# ======================================================================================================
-def canonical_name(name: str) -> str:
-    """PEP 503 normalised project name (``Hydra_Core`` -> ``hydra-core``)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def check_bundle_name(name: str) -> str:
-    """Reject packages that must never be bundled (torch & co., CUDA wheels)."""
-    canon = canonical_name(name)
-    if canon in NEVER_BUNDLE or canon.startswith(NEVER_BUNDLE_PREFIXES):
-        raise ValueError(
-            f"wheels: {name!r} must not be bundled: the kernel uses Kaggle's own torch/CUDA stack "
-            f"(never bundled: {', '.join(NEVER_BUNDLE)}, {', '.join(p + '*' for p in NEVER_BUNDLE_PREFIXES)})"
-        )
-    return canon
-
-
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _wheel_tag(wheel_text: str, name: str) -> str:
-    """Compressed tag (``py2.py3-none-any``) from the ``Tag:`` lines of a WHEEL file."""
-    tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
-    if not tags:
-        raise ValueError(f"{name}: its installed WHEEL file has no Tag line; cannot rebuild a wheel")
-    parts: list[list[str]] = [[], [], []]
-    for tag in tags:
-        pieces = tag.split("-")
-        if len(pieces) != 3:
-            raise ValueError(f"{name}: malformed wheel tag {tag!r} in its WHEEL file")
-        for i, piece in enumerate(pieces):
-            if piece not in parts[i]:
-                parts[i].append(piece)
-    return "-".join(".".join(p) for p in parts)
-
-
-def _console_scripts(dist: metadata.Distribution) -> set[str]:
-    return {ep.name for ep in dist.entry_points if ep.group in ("console_scripts", "gui_scripts")}
-
-
-def wheel_from_installed(name: str, out_dir: str | os.PathLike) -> Path:
-    """Rebuild the wheel of an installed distribution from its RECORD, offline; return the wheel path.
-
-    Every recorded file is checked against its RECORD hash (a modified install raises). Scripts go to
-    ``<name>.data/scripts`` with their shebang reset to ``#!python``; console scripts are left to the
-    installer (they come from entry_points.txt); byte code and installer files (INSTALLER, REQUESTED,
-    direct_url.json, RECORD) are not copied, RECORD is rewritten. Editable installs are refused.
-    """
-    check_bundle_name(name)
-    try:
-        dist = metadata.distribution(name)
-    except metadata.PackageNotFoundError as err:
-        raise ValueError(
-            f"wheels: {name!r} is not installed in this environment ({sys.prefix}); install it, drop it from "
-            "wheels=, or pass download=true"
-        ) from err
-    direct = dist.read_text("direct_url.json")
-    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
-        raise ValueError(f"wheels: {name!r} is an editable install; build its wheel with `pip wheel` instead")
-    wheel_text = dist.read_text("WHEEL")
-    if wheel_text is None:
-        raise ValueError(
-            f"wheels: {name!r} was not installed from a wheel (no WHEEL file); use download=true"
-        )
-    if not dist.files:
-        raise ValueError(f"wheels: {name!r} has no RECORD file list; cannot rebuild its wheel")
-    real_name, version = dist.metadata["Name"], dist.version
-    escaped = re.sub(r"[-_.]+", "_", real_name).lower()
-    tag = _wheel_tag(wheel_text, real_name)
-    root = Path(dist.locate_file("")).resolve()
-    info_dirs = {f.parts[0] for f in dist.files if f.parts and f.parts[0].endswith(".dist-info")}
-    if len(info_dirs) != 1:
-        raise ValueError(
-            f"wheels: {name!r}: expected one .dist-info folder in RECORD, got {sorted(info_dirs)}"
-        )
-    info_dir = info_dirs.pop()
-    data_dir = f"{escaped}-{version.replace('-', '_')}.data"
-    scripts_dir = Path(sysconfig.get_path("scripts")).resolve()
-    console = _console_scripts(dist)
-    skip_info = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
-
-    entries: list[tuple[str, bytes, int]] = []
-    for file in dist.files:
-        rel = file.as_posix()
-        if "__pycache__" in file.parts or rel.endswith((".pyc", ".pyo")):
-            continue
-        if file.parts[0] == info_dir and len(file.parts) == 2 and file.parts[1] in skip_info:
-            continue
-        path = Path(dist.locate_file(file)).resolve()
-        if not path.is_file():
-            raise ValueError(f"wheels: {name!r}: recorded file {rel} is missing at {path}; reinstall {name}")
-        data = path.read_bytes()
-        if file.hash is not None and _record_hash(data) != f"{file.hash.mode}={file.hash.value}":
-            raise ValueError(
-                f"wheels: {name!r}: {path} differs from its RECORD hash (modified after install); reinstall "
-                f"{name} or pass download=true"
-            )
-        mode = path.stat().st_mode & 0o777
-        if rel.startswith("../"):
-            if path.parent != scripts_dir:
-                raise ValueError(
-                    f"wheels: {name!r} installs {path} outside site-packages and scripts; not supported"
-                )
-            if path.name in console:
-                continue
-            if data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
-                data = b"#!python" + data[data.index(b"\n") :] if b"\n" in data else b"#!python"
-            entries.append((f"{data_dir}/scripts/{path.name}", data, mode))
-        else:
-            if not path.is_relative_to(root):
-                raise ValueError(f"wheels: {name!r}: {rel} resolves outside {root}")
-            entries.append((rel, data, mode))
-    entries.sort(key=lambda e: (e[0].startswith(info_dir + "/"), e[0]))
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    for arc, data, _ in entries:
-        writer.writerow((arc, _record_hash(data), len(data)))
-    writer.writerow((f"{info_dir}/RECORD", "", ""))
-    entries.append((f"{info_dir}/RECORD", record.getvalue().encode(), 0o644))
-
-    def write(tmp: str) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for arc, data, mode in entries:
-                info = zipfile.ZipInfo(arc, date_time=_FIXED_ZIP_DATE)
-                info.external_attr = (0o100000 | mode) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, data)
-
-    return atomic_save(Path(out_dir) / f"{escaped}-{version.replace('-', '_')}-{tag}.whl", write)
-
-
-def _pip(args: Sequence[str], what: str) -> None:
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-25:]
-        raise RuntimeError(f"{what} failed (pip {' '.join(args)}):\n" + "\n".join(tail))
-
-
-def _single_new_wheel(folder: Path, prefix: str, what: str) -> Path:
-    found = sorted(folder.glob("*.whl"))
-    if len(found) != 1 or not found[0].name.lower().startswith(prefix):
-        raise RuntimeError(f"{what}: expected one {prefix}*.whl in {folder}, got {[p.name for p in found]}")
-    return found[0]
-
-
-def project_root() -> Path:
-    """The checkout this package was imported from (it must hold the steel-defect pyproject.toml)."""
-    root = Path(__file__).resolve().parents[1]
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file() or 'name = "steel-defect"' not in pyproject.read_text(encoding="utf-8"):
-        raise FileNotFoundError(
-            f"steel_defect is not imported from a source checkout ({root} has no steel-defect pyproject.toml); "
-            "pass project_wheel=PATH to a built wheel"
-        )
-    return root
-
-
-def build_project_wheel(out_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """Build the project's wheel offline (``pip wheel --no-deps --no-build-isolation --no-index``).
-
-    The sources are copied to a temporary folder first, so the checkout gets no build/ or egg-info.
-    """
-    root = Path(root) if root is not None else project_root()
-    out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="steel-defect-wheel-") as tmp:
-        src, dist = Path(tmp) / "src", Path(tmp) / "dist"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
-            if (root / name).is_file():
-                shutil.copy2(root / name, src / name)
-        shutil.copytree(
-            root / "steel_defect", src / "steel_defect", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
-        _pip(
-            [
-                "wheel",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-index",
-                "--quiet",
-                "--wheel-dir",
-                str(dist),
-                str(src),
-            ],
-            "building the steel-defect wheel",
-        )
-        built = _single_new_wheel(dist, "steel_defect-", "building the steel-defect wheel")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy2(built, out_dir / built.name))
-
-
-def download_wheel(name: str, out_dir: str | os.PathLike) -> Path:
-    """Fetch (or build from an sdist) the wheel of ``name`` at its installed version, if installed (network)."""
-    canon = check_bundle_name(name)
-    try:
-        spec = f"{name}=={metadata.version(name)}"
-    except metadata.PackageNotFoundError:
-        spec = name
-    with tempfile.TemporaryDirectory(prefix="steel-defect-dl-") as tmp:
-        _pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", tmp, spec], f"downloading {spec}")
-        built = _single_new_wheel(Path(tmp), canon.replace("-", "_"), f"downloading {spec}")
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy2(built, Path(out_dir) / built.name))
-
-
-def wheel_name_version(path: Path) -> tuple[str, str]:
-    """(canonical name, version) from a wheel file name."""
-    parts = path.name[: -len(".whl")].split("-")
-    if len(parts) < 5 or not path.name.endswith(".whl"):
-        raise ValueError(f"not a wheel file name: {path.name}")
-    return canonical_name(parts[0]), parts[1]
 
 
 # ======================================================================================================
@@ -366,6 +147,20 @@ def slim_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return path
 
 
+def export_for_kernel(src: str | os.PathLike, dst: str | os.PathLike, height: int = 256) -> Path:
+    """A training checkpoint -> the ONNX model a ``runtime=onnx`` kernel runs (dynamic width, ``height`` rows,
+    verified against torch by the export; the checkpoint's fingerprint in its metadata)."""
+    from steel_defect import DEFAULT_SHAPE
+    from steel_defect.export import export_onnx
+    from steel_defect.fingerprint import net_fingerprint
+    from steel_defect.predictor import load_nets
+
+    (net,), (meta,) = load_nets([src], "cpu", "torch")
+    meta = {**meta, "fingerprint": net_fingerprint(net)}
+    width = DEFAULT_SHAPE[1] - DEFAULT_SHAPE[1] % net.output_stride
+    return export_onnx(net, dst, height=height, width=width, dynamic_width=True, meta=meta)
+
+
 # ======================================================================================================
 # Kernel
 # ======================================================================================================
@@ -377,12 +172,14 @@ RUNTIME_PACKAGES: tuple[str, ...] = (
     "numpy",
     "opencv-python-headless",
 )
+#: The same for ``runtime=onnx`` bundles (onnxruntime itself is bundled as a wheel).
+ONNX_RUNTIME_PACKAGES: tuple[str, ...] = ("numpy", "opencv-python-headless", "pyyaml", "onnxruntime")
 
 
-def runtime_requirements(bundled: Sequence[str]) -> dict[str, Any]:
+def runtime_requirements(bundled: Sequence[str], packages: Sequence[str] | None = None) -> dict[str, Any]:
     """``{"python": spec, "packages": {name: spec}}`` from this project's metadata for the kernel's start-up
-    check: the Python version and every :data:`RUNTIME_PACKAGES` entry not shipped as a bundled wheel
-    (``opencv-python-headless`` also accepts Kaggle's ``opencv-python``)."""
+    check: the Python version and every ``packages`` entry (default :data:`RUNTIME_PACKAGES`) not shipped as
+    a bundled wheel (``opencv-python-headless`` also accepts Kaggle's ``opencv-python``)."""
     dist = metadata.distribution(PROJECT)
     specs: dict[str, str] = {}
     for line in dist.requires or []:
@@ -392,7 +189,7 @@ def runtime_requirements(bundled: Sequence[str]) -> dict[str, Any]:
         if m:
             specs[m.group(1).lower()] = m.group(2).strip().strip("()")
     skip = {b.lower() for b in bundled}
-    packages = {n: specs.get(n, "") for n in RUNTIME_PACKAGES if n not in skip}
+    packages = {n: specs.get(n, "") for n in (packages or RUNTIME_PACKAGES) if n not in skip}
     return {"python": dist.metadata.get("Requires-Python") or "", "packages": packages}
 
 
@@ -438,9 +235,6 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
 
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
-    from steel_defect.inference import format_summary, predict_images
-    from steel_defect.predictor import Predictor
-
     bundle = Path(bundle)
     images = Path(settings["input"])
     if not images.is_dir():
@@ -456,6 +250,26 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         if thresholds
         else "auto"
     )
+    if settings.get("engine", "torch") == "onnx":  # no torch: ONNX Runtime, numpy and OpenCV only
+        from steel_defect.ort_predictor import OrtPredictor
+
+        ort_predictor = OrtPredictor.load(ckpts, thresholds=mode, tta=list(settings["tta"]))
+        summary = ort_predictor.predict_folder(
+            images,
+            settings["output"],
+            batch_size=int(settings["batch_size"]),
+            workers=int(settings["num_workers"]),
+        )
+        print(
+            f"wrote {summary['out']}: {summary['images']} images in {summary['seconds']:.1f} s "
+            f"({summary['seconds_per_image']:.3f} s/image, ONNX Runtime); non-empty masks per class: "
+            f"{summary['nonempty_masks']}; unreadable: {len(summary['unreadable'])}; thresholds: {summary['thresholds']}",
+            flush=True,
+        )
+        return summary
+    from steel_defect.inference import format_summary, predict_images
+    from steel_defect.predictor import Predictor
+
     predictor = Predictor.load(
         ckpts,
         thresholds=mode,
@@ -558,6 +372,11 @@ def build_bundle(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
     download = _as_bool("download", opt["download"])
+    engine = str(opt["runtime"])
+    if engine not in RUNTIMES:
+        raise ValueError(f"runtime={engine!r}; choose one of: {', '.join(RUNTIMES)}")
+    if engine == "onnx" and "wheels" not in options:
+        opt["wheels"] = list(ONNX_WHEELS)
     wheels = list(
         dict.fromkeys(
             canonical_name(n)
@@ -609,7 +428,7 @@ def build_bundle(
     if thresholds_src is not None:
         from steel_defect.postprocess import load_thresholds
 
-        params = load_thresholds(thresholds_src)  # validate before bundling
+        params = load_thresholds(thresholds_src, num_classes=None)  # validate before bundling
         if params.t_img is not None and params.img_source == "image_head":
             import torch
 
@@ -647,21 +466,31 @@ def build_bundle(
             )
         requirements = [f"{w['name']}=={w['version']}" for w in wheel_info]
 
-        (tmp / "checkpoints").mkdir()
         names = _unique_names(ckpts)
-        for src, name in zip(ckpts, names, strict=True):
-            slim_checkpoint(src, tmp / "checkpoints" / name)
+        if engine == "onnx":
+            (tmp / "models").mkdir()
+            names = [str(Path(n).with_suffix(".onnx")) for n in names]
+            for src, name in zip(ckpts, names, strict=True):
+                export_for_kernel(src, tmp / "models" / name, _as_int("height", opt["height"], 1))
+        else:
+            (tmp / "checkpoints").mkdir()
+            for src, name in zip(ckpts, names, strict=True):
+                slim_checkpoint(src, tmp / "checkpoints" / name)
+        models_dir = "models" if engine == "onnx" else "checkpoints"
         if thresholds_src is not None:
             shutil.copyfile(thresholds_src, tmp / THRESHOLDS_NAME)
 
         settings = {
             "input": str(opt["input"]),
             "output": str(opt["output"]),
-            "checkpoints": [f"checkpoints/{n}" for n in names],
+            "checkpoints": [f"{models_dir}/{n}" for n in names],
+            "engine": engine,
             "thresholds": THRESHOLDS_NAME if thresholds_src is not None else mode,
             "wheels_dir": "wheels",
             "requirements": requirements,
-            "runtime": runtime_requirements([w["name"] for w in wheel_info]),
+            "runtime": runtime_requirements(
+                [w["name"] for w in wheel_info], ONNX_RUNTIME_PACKAGES if engine == "onnx" else None
+            ),
             "batch_size": _as_int("batch_size", opt["batch_size"], 1),
             "num_workers": _as_int("num_workers", opt["num_workers"], 0),
             "tta": tta,
@@ -707,7 +536,7 @@ def build_bundle(
             fh.write("\n")
         (tmp / MANIFEST_NAME).chmod(0o644)
         tmp.chmod(0o755)
-        for sub in (tmp / "wheels", tmp / "checkpoints"):
+        for sub in (tmp / "wheels", tmp / models_dir):
             sub.chmod(0o755)
         _move_into_place(tmp, out, overwrite)
     except BaseException:
@@ -722,7 +551,8 @@ def build_bundle(
 USAGE = (
     "usage: python -m steel_defect.kaggle bundle ckpt=PATH[,PATH2] out=DIR [thresholds=auto|PATH|defaults|raw]\n"
     "       [wheels=a,b] [extra_wheels=c] [input=DIR] [output=CSV] [download=false] [overwrite=false]\n"
-    "       [batch_size=4] [num_workers=2] [tta=[hflip]] [device=auto] [amp=true] [project_wheel=WHL]"
+    "       [batch_size=4] [num_workers=2] [tta=[hflip]] [device=auto] [amp=true] [project_wheel=WHL]\n"
+    "       [runtime=torch|onnx] [height=256]"
 )
 
 

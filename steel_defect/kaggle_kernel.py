@@ -21,6 +21,7 @@ SETTINGS = {
     "input": "/kaggle/input/severstal-steel-defect-detection/test_images",
     "output": "/kaggle/working/submission.csv",
     "checkpoints": [],
+    "engine": "torch",
     "thresholds": None,
     "wheels_dir": "wheels",
     "requirements": [],

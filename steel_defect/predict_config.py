@@ -18,7 +18,7 @@ from steel_defect.predictor import RUNTIMES, TTA_TRANSFORMS
 from steel_defect.submission import SUBMISSION_FORMATS
 from steel_defect.thresholds import THRESHOLD_MODES
 
-TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "export")
+TASKS: tuple[str, ...] = ("predict", "evaluate", "tune", "tune_oof", "pseudo", "export", "quantize")
 
 #: Every key of conf/predict.yaml with its default (kept equal to the YAML by a test).
 DEFAULTS: dict[str, Any] = {
@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "height": 256,
         "width": 1600,
     },
+    "quantize": {"out": None, "crops": 200, "crop_width": 448, "seed": 0, "per_channel": True},
 }
 
 
@@ -75,6 +76,7 @@ class PredictConfig:
     pix_modes: tuple[str, ...] = ("plain",)
     pseudo: dict[str, float] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    quantize: dict[str, Any] = field(default_factory=dict)
 
 
 def _merge(defaults: Mapping[str, Any], cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,7 +134,7 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
             torch.device(device)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"device={device!r} is not valid (auto, cpu, cuda, cuda:N): {err}") from err
-    exp = c["export"]
+    exp, quant = c["export"], c["quantize"]
     out = path("out", c["out"])
     if out is None:
         raise ValueError("out must be a file path such as submission.csv")
@@ -163,5 +165,12 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
             "dynamic_width": boolean("export.dynamic_width", exp["dynamic_width"]),
             "height": integer("export.height", exp["height"], 1),
             "width": integer("export.width", exp["width"], 1),
+        },
+        quantize={
+            "out": path("quantize.out", quant["out"]),
+            "crops": integer("quantize.crops", quant["crops"], 1),
+            "crop_width": integer("quantize.crop_width", quant["crop_width"], 1),
+            "seed": integer("quantize.seed", quant["seed"], 0),
+            "per_channel": boolean("quantize.per_channel", quant["per_channel"]),
         },
     )

@@ -155,7 +155,7 @@ def collect_tuning_stats(
 
 #: auto: the fast path that keeps the output faithful (checkpoints: torch with channels_last weights; .onnx
 #: files: ONNX Runtime); torch: the eager fp32 reference; onnx: exported models.
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx", "int8")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,10 +169,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def runtime_kind(runtime: str, path: str | os.PathLike) -> str:
-    """``torch`` or ``onnx``: what ``runtime`` runs the model file ``path`` with (auto: by its suffix)."""
+    """``torch`` or ``onnx``: what ``runtime`` runs the model file ``path`` with (auto: by its suffix; int8:
+    ONNX Runtime on a model quantised by ``task=quantize``)."""
     if runtime == "auto":
         return "onnx" if Path(path).suffix == ".onnx" else "torch"
-    return runtime
+    return "onnx" if runtime == "int8" else runtime
 
 
 def load_nets(
@@ -205,7 +206,18 @@ def load_nets(
         else:
             from steel_defect.export import OnnxNet
 
+            if runtime == "int8" and path.suffix != ".onnx":
+                raise ValueError(
+                    f"runtime=int8 runs an int8 ONNX model, not the checkpoint {path}: make one with "
+                    f"python predict.py task=export ckpt={path} export.dynamic_width=true, then "
+                    f"python predict.py task=quantize ckpt={path.with_suffix('.onnx')} data.images=TRAIN_IMAGES"
+                )
             net = OnnxNet(path, device=str(device))
+            if runtime == "int8" and not net.meta.get("quantization"):
+                raise ValueError(
+                    f"runtime=int8: {path} is an fp32 export; quantise it first: python predict.py "
+                    f"task=quantize ckpt={path} data.images=TRAIN_IMAGES (or run it with runtime=onnx)"
+                )
             meta = dict(net.meta.get("meta") or {})
             meta.setdefault(
                 "classes", [str(c + 1) for c in range(int(net.meta.get("classes") or NUM_CLASSES))]

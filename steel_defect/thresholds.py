@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from steel_defect import NUM_CLASSES
 
@@ -93,10 +94,21 @@ def check_thresholds_binding(
     """Refuse thresholds tuned for other weights (content fingerprints) or another TTA than this run's."""
     from steel_defect.fingerprint import net_fingerprint
 
+    check_fingerprints(source, meta, [net_fingerprint(n) for n in nets], tta, ckpts)
+
+
+def check_fingerprints(
+    source: str,
+    meta: Mapping[str, Any] | None,
+    fingerprints: Sequence[str | None],
+    tta: Sequence[str],
+    ckpts: Sequence[Any] = (),
+) -> None:
+    """:func:`check_thresholds_binding` for the weights' ``fingerprints`` (no torch needed)."""
     binding = thresholds_binding(source, meta)
     if binding is None or not binding["fingerprints"]:
         return
-    want, have = sorted(binding["fingerprints"]), sorted(str(net_fingerprint(n)) for n in nets)
+    want, have = sorted(binding["fingerprints"]), sorted(str(f) for f in fingerprints)
     problems = []
     if want != have:
         problems.append(f"they were tuned for weights {want}, but {[str(p) for p in ckpts]} are {have}")

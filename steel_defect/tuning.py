@@ -56,10 +56,12 @@ def search_modes(modes: Sequence[str], base: PostprocessParams | None = None) ->
     return check_pix_modes([*modes, *(base.pix_mode if base is not None else [])])
 
 
-def stats_for(base: PostprocessParams | None, pix_modes: Sequence[str] = ("plain",)) -> dict[str, Any]:
+def stats_for(
+    base: PostprocessParams | None, pix_modes: Sequence[str] = ("plain",), num_classes: int = NUM_CLASSES
+) -> dict[str, Any]:
     """``TuningStats`` keyword arguments that can evaluate ``base`` (its pixel modes, its min_component
-    and reference shape) besides ``pix_modes``; the notebook defaults when ``base`` is None."""
-    base = PostprocessParams.for_classes() if base is None else base
+    and reference shape) besides ``pix_modes``; the defaults for ``num_classes`` when ``base`` is None."""
+    base = PostprocessParams.for_classes(num_classes) if base is None else base
     return {
         "num_classes": base.num_classes,
         "pix_modes": search_modes(pix_modes, base),

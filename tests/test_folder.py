@@ -160,6 +160,51 @@ def test_folder_datamodule_refuses_what_it_cannot_batch_or_name(tmp_path):
         dm.setup("fit")
 
 
+def test_data_folder_requires_its_root_and_classes(tmp_path):
+    from steel_defect.instantiate import validate_config
+
+    for overrides, needle in (
+        (["data=folder"], r"data=folder needs data.root=DIR and data.classes=\[name,...\]"),
+        (["data=folder", f"data.root={tmp_path}"], r"data=folder needs data.classes="),
+        (["data=severstal"], r"data=severstal needs data.root=DIR \(DIR holds train.csv"),
+    ):
+        cfg = compose_train(overrides, tmp_path)
+        with pytest.raises(ValueError, match=needle):
+            validate_config(cfg)
+
+
+def test_size_batches_survive_lightnings_distributed_sampler(tmp_path):
+    """Under DDP Lightning re-creates the evaluation batch sampler around a DistributedSampler: every
+    process then gets its own images, still batched one size at a time."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from steel_defect.data.datamodule import SteelDataModule
+
+    make_folder(tmp_path / "plant", 2, n=16)
+    dm = SteelDataModule(
+        root=str(tmp_path / "plant"),
+        layout="folder",
+        classes=["a", "b"],
+        crop_height=64,
+        crop_width=64,
+        val_batch_size=3,
+        num_workers=0,
+        split={"kind": "kfold", "n_splits": 2, "fold": 0, "seed": 0},
+    )
+    dm.setup("validate")
+    with _replace_dunder_methods(BatchSampler):
+        loader = dm.val_dataloader()
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        for batch in _update_dataloader(loader, sampler):
+            assert len({tuple(batch["image"].shape[-2:])}) == 1 and len(batch["image_id"]) <= 3
+            seen += batch["image_id"]
+    assert sorted(seen) == sorted(dm.val_dataset.image_ids)
+
+
 def test_module_follows_the_class_names_and_refuses_a_mismatch():
     from steel_defect.models import SteelDefectModule
 
@@ -216,6 +261,23 @@ def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     assert predictor.classes == ["pit", "scratch"] and predictor.params.num_classes == 2
     names = ["img00.png", "img01.png"]  # 96x160 and 64x224: each at its own size
     images = [cv2.imread(str(tmp_path / "plant" / "images" / n), cv2.IMREAD_COLOR) for n in names]
+    # predict.py task=tune on the same images (mixed sizes, labels converted to a csv) re-tunes 2 classes
+    from steel_defect.data.convert import folder_to_kaggle
+    from steel_defect.inference import run
+
+    folder_to_kaggle(tmp_path / "plant", tmp_path / "labels.csv", num_classes=2)
+    result = run(
+        {
+            "task": "tune",
+            "ckpt": str(best),
+            "data": {
+                "images": str(tmp_path / "plant" / "images"),
+                "labels": str(tmp_path / "labels.csv"),
+                "split": str(tmp_path / "run" / "split.json"),
+            },
+        }
+    )
+    assert len(yaml.safe_load(Path(result["thresholds"]).read_text())["params"]["t_pix"]) == 2
     for name, image, result in zip(names, images, predictor.predict(images, names), strict=True):
         assert result.masks.shape == (2, *truth[name].shape) and len(result.rles) == 2
         # what the service answers: the two named classes at the image's own size, and a drawable overlay

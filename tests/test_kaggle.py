@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from steel_defect import kaggle
+from steel_defect import kaggle, wheels
 from steel_defect.kaggle import (
     MANIFEST_NAME,
     build_bundle,
@@ -246,7 +246,7 @@ def _check_wheel(path: Path) -> dict[str, bytes]:
         if name == record_name:
             continue
         assert int(size) == len(files[name])
-        assert digest == kaggle._record_hash(files[name]), name
+        assert digest == wheels._record_hash(files[name]), name
     assert not [n for n in files if n.endswith((".pyc", "INSTALLER", "REQUESTED", "direct_url.json"))]
     return files
 
@@ -285,7 +285,7 @@ def _fake_dist(site: Path, content: bytes, recorded: bytes) -> None:
     )
     (info / "INSTALLER").write_text("pip\n")
     rows = [
-        f"fakepkg/__init__.py,{kaggle._record_hash(recorded)},{len(recorded)}",
+        f"fakepkg/__init__.py,{wheels._record_hash(recorded)},{len(recorded)}",
         "fakepkg/__pycache__/__init__.cpython-311.pyc,,",
         "fakepkg-1.0.dist-info/METADATA,,",
         "fakepkg-1.0.dist-info/WHEEL,,",
@@ -570,3 +570,88 @@ def test_kernel_stops_at_start_naming_every_runtime_mismatch():
     message = str(info.value)
     assert "Python 3.9.18 (needs >=3.10)" in message and "torch 2.4.0 (needs >=2.15)" in message
     assert "timm is not installed" in message and "numpy" not in message
+
+
+# ------------------------------------------------------------------------------------------------ runtime=onnx
+@pytest.fixture(scope="module")
+def onnx_bundle(bundle, tiny_run) -> Path:
+    """The same checkpoint bundled for the torch-free kernel (the project wheel reused from ``bundle``)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    wheel = next((bundle / "wheels").glob("steel_defect-*.whl"))
+    root = tiny_run["root"]
+    return build_bundle(
+        str(tiny_run["ckpt"]),
+        root / "onnx_bundle",
+        runtime="onnx",
+        height=H,
+        project_wheel=str(wheel),
+        input=str(tiny_run["images"]),
+        output=str(root / "kaggle_onnx" / "working" / "submission.csv"),
+        **PREDICT,
+    )
+
+
+def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
+    manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
+    settings = manifest["settings"]
+    assert settings["engine"] == "onnx" and settings["checkpoints"] == ["models/tiny.onnx"]
+    assert not (onnx_bundle / "checkpoints").exists()
+    assert sorted(w["name"] for w in manifest["wheels"]) == ["onnxruntime", "steel-defect"]
+    # what the kernel checks on Kaggle's side at start: no torch, timm or smp among them
+    assert set(settings["runtime"]["packages"]) == {"numpy", "opencv-python-headless", "pyyaml"}
+
+
+def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle, tiny_run, tmp_path):
+    """Fresh venv whose emulated Kaggle image has no torch, timm, smp, Lightning or Hydra; offline; the
+    kernel installs the bundled onnxruntime and writes the same submission as predict.py on the model."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=clean_env()
+    )
+    python = venv / "bin" / "python"
+    manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
+    hidden = ["torch", "timm", "segmentation-models-pytorch", "lightning", "hydra-core", "torchmetrics"]
+    emulate_kaggle_image(python, tmp_path / "kaggle_image", [w["name"] for w in manifest["wheels"]] + hidden)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    prefix, guard_env, how = network_isolation(tmp_path)
+    kernel = subprocess.run(
+        [*prefix, str(python), str(onnx_bundle / "kernel.py")],
+        cwd=work,
+        env=clean_env(**guard_env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert kernel.returncode == 0, (
+        f"kernel.py failed ({how}):\n{kernel.stdout[-4000:]}\n{kernel.stderr[-4000:]}"
+    )
+    assert "ONNX Runtime" in kernel.stdout
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'timm', 'hydra') if u.find_spec(m)])",
+        ],
+        cwd=work,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.strip() == "[]", "the emulated image must not offer torch"
+    expected = tmp_path / "predict.csv"
+    from steel_defect.inference import run
+
+    run(
+        {
+            "ckpt": str(onnx_bundle / "models" / "tiny.onnx"),
+            "images": str(tiny_run["images"]),
+            "thresholds": str(onnx_bundle / "thresholds.yaml"),
+            "out": str(expected),
+            **PREDICT,
+        }
+    )
+    submission = Path(manifest["settings"]["output"])
+    assert submission.read_bytes() == expected.read_bytes()
+    rows = list(csv.reader(submission.read_text().splitlines()))[1:]
+    assert sum(bool(r[1]) for r in rows) >= 4, "the comparison needs non-empty masks"

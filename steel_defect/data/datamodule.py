@@ -15,12 +15,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
 from steel_defect.data.annotations import defect_columns, frame_classes, load_annotations, rle_columns
 from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
-from steel_defect.data.dataset import PredictDataset, SteelDataset, predict_collate
+from steel_defect.data.dataset import PredictDataset, SizeBatchSampler, SteelDataset, predict_collate
 from steel_defect.data.splits import (
     DEFAULT_SPLIT,
     load_split,
@@ -35,7 +35,6 @@ __all__ = [
     "LAYOUTS",
     "MixedDataset",
     "PseudoMixSampler",
-    "SizeBatchSampler",
     "SteelDataModule",
     "class_frequencies",
     "oversample_weights",
@@ -195,29 +194,6 @@ class MixedDataset(Dataset):
         return (
             self.train[(i, *rest) if rest else i] if i < n else self.pseudo[(i - n, *rest) if rest else i - n]
         )
-
-
-class SizeBatchSampler(Sampler):
-    """Batches of up to ``batch_size`` indices whose images share a size, in order (evaluation of data
-    whose images differ in size: every batch stacks; sizes in order of first appearance)."""
-
-    def __init__(self, sizes: list[tuple[int, int]], batch_size: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(tuple(size), []).append(i)
-        self.batches = [
-            members[j : j + batch_size]
-            for members in groups.values()
-            for j in range(0, len(members), batch_size)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter([list(b) for b in self.batches])
 
 
 def class_frequencies(df: pd.DataFrame) -> dict[int, float]:
@@ -580,7 +556,8 @@ class SteelDataModule(L.LightningDataModule):
         if self.shape is None and isinstance(dataset, SteelDataset) and sampler is None:
             # evaluation of images of several sizes: one size per batch
             sizes = [self._sizes[i] for i in dataset.image_ids]
-            batching = {"batch_sampler": SizeBatchSampler(sizes, int(batch_size))}
+            sampler = SizeBatchSampler(SequentialSampler(dataset), int(batch_size), False, sizes=sizes)
+            batching = {"batch_sampler": sampler}
         return DataLoader(
             dataset,
             **batching,

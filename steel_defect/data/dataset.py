@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
 from steel_defect import DEFAULT_SHAPE
 from steel_defect.data.annotations import AnnotationError, frame_classes, rle_columns
-from steel_defect.io import IMAGE_SUFFIXES, list_images
+from steel_defect.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from steel_defect.data.blackout import blackout_defect
 from steel_defect.data.copy_paste import (
     choose_class,
@@ -33,26 +33,11 @@ from steel_defect.data.copy_paste import (
 from steel_defect.data.transforms import build_transforms
 from steel_defect.rle import rle_decode
 
-__all__ = ["ImageReadError", "read_image", "SteelDataset", "PredictDataset", "predict_collate"]
+__all__ = ["ImageReadError", "read_image", "SteelDataset", "SizeBatchSampler", "PredictDataset", "predict_collate"]
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[..., dict[str, Any]]
-
-
-class ImageReadError(OSError):
-    """An image file is missing, unreadable or not a decodable image."""
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read ``path`` as an RGB uint8 array (H, W, 3); grey images are expanded to 3 channels."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image file not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise ImageReadError(f"cannot decode image (corrupt or not an image): {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _to_tensors(out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -204,6 +189,39 @@ class SteelDataset(Dataset):
         image_t, mask_t = _to_tensors(out)
         labels = mask_t.flatten(1).amax(dim=1).gt(0).float()
         return {"image": image_t, "mask": mask_t, "labels": labels, "image_id": self.image_ids[index]}
+
+
+class SizeBatchSampler(BatchSampler):
+    """Batches of up to ``batch_size`` of the indices ``sampler`` yields whose images share a size (``sizes[i]``
+    is item i's (H, W)), sizes in order of first appearance: evaluation of images of several sizes, every
+    batch stacks. A ``BatchSampler`` with a ``sampler`` argument, so that Lightning re-creates it around its
+    distributed sampler under DDP (each process then groups its own share)."""
+
+    def __init__(
+        self, sampler: Sampler | list[int], batch_size: int, drop_last: bool = False, sizes: list | None = None
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        if sizes is None:
+            raise ValueError("SizeBatchSampler needs the item sizes")
+        self.sizes = [tuple(s) for s in sizes]
+
+    def _batches(self) -> list[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for i in self.sampler:
+            groups.setdefault(self.sizes[int(i)], []).append(int(i))
+        out = []
+        for members in groups.values():
+            for j in range(0, len(members), self.batch_size):
+                batch = members[j : j + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    out.append(batch)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        return iter(self._batches())
 
 
 class PredictDataset(Dataset):

@@ -1,7 +1,7 @@
-"""Network factory: the ONLY module that imports segmentation_models_pytorch and timm.
+"""Network factory: the ONLY module that builds networks (segmentation_models_pytorch and timm).
 
 ``build_model(cfg)`` turns a plain ``model.net`` config into a :class:`SteelNet`: one smp segmentation model
-with 4 mask channels plus a 4-logit classification head (smp ``aux_params``), with the input normalisation
+with K mask channels plus a K-logit classification head (smp ``aux_params``), with the input normalisation
 (mean/std of the encoder's pretrained weights) stored as buffers inside the network. With
 ``model.net.image_head: true`` the aux head has one more output, the "image has any defect" logit (its own
 row of the head's Linear on the pooled encoder features), returned as a third output.
@@ -368,13 +368,6 @@ def load_encoder_state_dict(
             + "; ".join(parts)
         )
     nn.Module.load_state_dict(target, renamed, strict=True)
-
-
-def timm_reference_shapes(model_name: str) -> OrderedDict[str, torch.Size]:
-    """Ordered key -> shape of a timm classification model's state dict (built on the meta device)."""
-    with torch.device("meta"):
-        model = timm.create_model(model_name, pretrained=False)
-    return OrderedDict((k, v.shape) for k, v in model.state_dict().items())
 
 
 # ======================================================================================================

@@ -6,6 +6,7 @@ order and with equal shapes, timm's ``tf_efficientnet_lite1`` state dict (TF "sa
 so the mapping is positional, verified by count, shape and tensor kind (weight/bias/running stats).
 The weights expect inputs scaled to [-1, 1] (mean = std = 0.5), as timm's pretrained cfg for
 ``tf_efficientnet_lite1`` says; the first BatchNorm's running mean confirms it (see tests/test_weights.py).
+It imports nothing of the factory (the factory imports it, lazily, for these weights): no import circle.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def lite1_package_file() -> Path:
     return path
 
 
+def timm_reference_shapes(model_name: str) -> OrderedDict[str, torch.Size]:
+    """Ordered key -> shape of a timm classification model's state dict (built on the meta device)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False)
+    return OrderedDict((k, v.shape) for k, v in model.state_dict().items())
+
+
 def _kind(key: str) -> str:
     """Tensor kind from the last key component (weight, bias, running_mean, ...)."""
     return key.rsplit(".", 1)[-1]
@@ -55,8 +65,6 @@ def map_lite1_state_dict(
     if the tensor count, any shape or any tensor kind differs.
     """
     if reference is None:
-        from steel_defect.models.factory import timm_reference_shapes
-
         reference = timm_reference_shapes(LITE1_TIMM_MODEL)
     if not isinstance(sd, Mapping):
         raise ValueError(f"expected a state dict (mapping), got {type(sd).__name__}")

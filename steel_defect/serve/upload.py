@@ -68,7 +68,7 @@ def decode_image(data: bytes) -> np.ndarray:
     """Image bytes -> RGB uint8 (H, W, 3), decoded exactly as ``predict.py`` reads files (OpenCV)."""
     import cv2
 
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.size == 0:
         raise UploadError(400, "the image could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

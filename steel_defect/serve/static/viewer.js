@@ -104,7 +104,7 @@ function renderToggles() {
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = `rgb(${color(k).join(",")})`;
-    label.append(cb, sw, document.createTextNode(`class ${name}`));
+    label.append(cb, sw, document.createTextNode(/^\d+$/.test(name) ? `class ${name}` : name));
     box.append(label);
   });
 }

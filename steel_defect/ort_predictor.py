@@ -1,0 +1,266 @@
+"""Torch-free inference: exported ONNX models run by ONNX Runtime, with numpy and OpenCV only.
+
+What the Kaggle kernel's ONNX-only mode (``python -m steel_defect.kaggle bundle ... runtime=onnx``) and any
+other machine without torch runs. It does what :class:`steel_defect.predictor.Predictor` does with
+``runtime=onnx`` (zero-padding to the stride, TTA views and checkpoint ensembles averaged in the same order,
+the same post-processing, RLE and submission code), so the two give the same submission
+(``tests/test_ort_predictor.py``); nothing here imports torch, Lightning or Hydra.
+
+    from steel_defect.ort_predictor import OrtPredictor
+    predictor = OrtPredictor.load(["model.onnx"])        # thresholds: the tuned ones stored at export
+    summary = predictor.predict_folder("test_images", "submission.csv")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steel_defect import NUM_CLASSES
+from steel_defect.io import ImageReadError, list_images, read_image
+from steel_defect.onnx_meta import IMAGE_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAMES, parse_metadata
+
+__all__ = ["OrtModel", "OrtPredictor", "TTA_FLIPS"]
+
+log = logging.getLogger(__name__)
+
+#: TTA views as the numpy axes they flip (each is its own inverse), as in ``predictor.TTA_TRANSFORMS``.
+TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-1, -2)}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """float32 logistic function (no overflow warning for large negative logits)."""
+    x = x.astype(np.float32, copy=False)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+class OrtModel:
+    """One exported model: an ONNX Runtime session plus its ``steel_defect`` metadata."""
+
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError(
+                'ONNX-only inference needs onnxruntime: pip install "steel-defect[onnx]"'
+            ) from err
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"ONNX model not found: {self.path} (write one with predict.py task=export)"
+            )
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(
+            str(self.path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.meta = parse_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
+        names = [o.name for o in self.session.get_outputs()]
+        if names not in (list(OUTPUT_NAMES), [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME]):
+            raise ValueError(f"{self.path}: unexpected outputs {names}")
+        self.output_names = names
+        self.image_head = len(names) == 3
+        self.height = int(self.meta["height"])
+        self.width = None if self.meta["dynamic_width"] else int(self.meta["width"])
+        self.output_stride = int(self.meta.get("output_stride", 32))
+        self.inner = dict(self.meta.get("meta") or {})
+
+    @property
+    def classes(self) -> list[str]:
+        return [
+            str(c)
+            for c in self.inner.get("classes") or range(1, int(self.meta.get("classes") or NUM_CLASSES) + 1)
+        ]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        """float32 (B, 3, H, W) in [0, 1] -> the logits (mask, class[, image])."""
+        if x.shape[2] != self.height:
+            raise ValueError(
+                f"{self.path} was exported for height {self.height}, got images {x.shape[2]} high"
+            )
+        if self.width is not None and x.shape[3] != self.width:
+            raise ValueError(
+                f"{self.path} takes only width {self.width} (re-export with export.dynamic_width=true), got {x.shape[3]}"
+            )
+        return self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+
+
+def probabilities(
+    models: Sequence[OrtModel], images: np.ndarray, tta: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Sigmoid probabilities ``(mask (B,C,H,W), class (B,C), image (B,) or None)`` averaged over the plain
+    view, every TTA view and every model, for float32 images in [0, 1]; zero-padded to the stride."""
+    stride = int(np.lcm.reduce([m.output_stride for m in models]))
+    b, _, h, w = images.shape
+    ph, pw = (-h) % stride, (-w) % stride
+    x = np.pad(images, ((0, 0), (0, 0), (0, ph), (0, pw))) if ph or pw else images
+    views = [()] + [TTA_FLIPS[n] for n in tta]
+    mask_sum, cls_sum, img_sum = 0.0, 0.0, 0.0
+    every_image_head = all(m.image_head for m in models)
+    for model in models:
+        for axes in views:
+            out = model(np.flip(x, axes) if axes else x)
+            mask = _sigmoid(out[0])
+            mask_sum = mask_sum + (np.flip(mask, axes) if axes else mask)
+            cls_sum = cls_sum + _sigmoid(out[1])
+            if every_image_head:
+                img_sum = img_sum + _sigmoid(out[2])
+    n = np.float32(len(models) * len(views))
+    return (mask_sum / n)[..., :h, :w], cls_sum / n, (img_sum / n if every_image_head else None)
+
+
+class OrtPredictor:
+    """Exported models + their thresholds + TTA: post-processed masks for images, no torch."""
+
+    def __init__(self, models: Sequence[OrtModel], params: Any, source: str, tta: Sequence[str] = ()) -> None:
+        bad = [t for t in tta if t not in TTA_FLIPS]
+        if bad:
+            raise ValueError(f"unknown tta {bad}; valid: {sorted(TTA_FLIPS)}")
+        self.models, self.params, self.source, self.tta = list(models), params, source, tuple(tta)
+        self.classes = self.models[0].classes
+        if len(self.classes) != params.num_classes:
+            raise ValueError(
+                f"thresholds from {source} are for {params.num_classes} classes, the model has {self.classes}"
+            )
+
+    @classmethod
+    def load(
+        cls,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        thresholds: str = "auto",
+        tta: Sequence[str] = (),
+        check_thresholds: bool = True,
+        threads: int | None = None,
+    ) -> OrtPredictor:
+        """Load exported models (an ensemble when several) and resolve ``thresholds`` as ``predict.py``
+        does (auto: the tuned thresholds stored in the first model, else a thresholds.yaml beside it, else
+        its stored post-processing); tuned thresholds are checked against the models' source fingerprints
+        and the TTA unless ``check_thresholds`` is false."""
+        from steel_defect.thresholds import check_fingerprints, resolve_thresholds
+
+        paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        if not paths:
+            raise ValueError("give at least one exported .onnx model")
+        models = [OrtModel(p, threads) for p in paths]
+        if any(m.classes != models[0].classes for m in models):
+            raise ValueError(f"the models predict different classes: {[m.classes for m in models]}")
+        params, source = resolve_thresholds(thresholds, paths[0], models[0].inner)
+        if (
+            params.t_img is not None
+            and params.img_source == "image_head"
+            and not all(m.image_head for m in models)
+        ):
+            raise ValueError(f"thresholds from {source} gate on the image head, which a model lacks")
+        if check_thresholds:
+            check_fingerprints(
+                source, models[0].inner, [m.inner.get("fingerprint") for m in models], list(tta), paths
+            )
+        return cls(models, params, source, tta)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(masks bool (C, H, W), class probabilities (C,)) for RGB uint8 images of one size."""
+        from steel_defect.postprocess import postprocess
+
+        x = np.stack([im.transpose(2, 0, 1) for im in images]).astype(np.float32) / np.float32(255.0)
+        mask, cls, img = probabilities(self.models, x, self.tta)
+        final = postprocess(mask, cls, self.params, image_probs=img)
+        return [(final[i], cls[i]) for i in range(len(images))]
+
+    def _read(self, paths: Sequence[Path], workers: int) -> Iterator[tuple[Path, np.ndarray | None]]:
+        """Images in order, decoded ahead by ``workers`` threads (OpenCV releases the GIL)."""
+
+        def read(path: Path) -> np.ndarray | None:
+            try:
+                return read_image(path)
+            except ImageReadError as err:
+                log.warning("%s; writing empty masks for it", err)
+                return None
+
+        if workers <= 0:
+            yield from ((p, read(p)) for p in paths)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield from zip(paths, pool.map(read, paths), strict=True)
+
+    def predict_folder(
+        self,
+        source: str | os.PathLike,
+        out: str | os.PathLike,
+        fmt: str = "current",
+        batch_size: int = 4,
+        workers: int = 2,
+    ) -> dict[str, Any]:
+        """Every image of the folder ``source`` (sorted by name) into the submission ``out`` (atomically);
+        unreadable images get empty masks and a warning. Returns a summary like ``predict.py``'s."""
+        from steel_defect.rle import masks_to_rles
+        from steel_defect.submission import write_submission
+
+        paths = list_images(source)
+        if not paths:
+            raise FileNotFoundError(f"no images in {source}")
+        start = time.perf_counter()
+        unreadable: list[str] = []
+        nonempty = np.zeros(len(self.classes), dtype=np.int64)
+
+        def rows() -> Iterator[tuple[str, list[str]]]:
+            pending: list[tuple[Path, np.ndarray]] = []
+
+            def flush() -> Iterator[tuple[str, list[str]]]:
+                groups: dict[tuple[int, int], list[int]] = {}
+                for i, (_, im) in enumerate(pending):
+                    groups.setdefault(im.shape[:2], []).append(i)
+                done: dict[int, list[str]] = {}
+                for members in groups.values():
+                    for i, (masks, _) in zip(
+                        members, self.predict([pending[i][1] for i in members]), strict=True
+                    ):
+                        nonempty[:] += masks.reshape(len(masks), -1).any(axis=1)
+                        done[i] = masks_to_rles(masks)
+                for i, (path, _) in enumerate(pending):
+                    yield path.name, done[i]
+                pending.clear()
+
+            for path, image in self._read(paths, workers):
+                if image is None:
+                    yield from flush()
+                    unreadable.append(path.name)
+                    yield path.name, [""] * len(self.classes)
+                    continue
+                pending.append((path, image))
+                if len(pending) == batch_size:
+                    yield from flush()
+            yield from flush()
+
+        count = write_submission(rows(), out, fmt, num_classes=len(self.classes))
+        seconds = time.perf_counter() - start
+        return {
+            "out": str(out),
+            "format": fmt,
+            "images": count,
+            "seconds": seconds,
+            "images_per_s": count / seconds if seconds > 0 else float("inf"),
+            "seconds_per_image": seconds / count if count else 0.0,
+            "nonempty_masks": {name: int(v) for name, v in zip(self.classes, nonempty, strict=True)},
+            "unreadable": unreadable,
+            "overlays": [],
+            "thresholds": self.source,
+        }
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
