@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calib-crops", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=200)
     sets = {
         "real": (args.real / "train_images", args.real / "train.csv"),
         "synthetic test": (args.synthetic / "test_images", args.synthetic / "test_labels.csv"),

@@ -202,6 +202,27 @@ def variants(
             )
         return net, seconds, f"export {seconds:.0f} s"
 
+    def int8_builder() -> tuple[nn.Module, float, str]:
+        """ONNX Runtime int8 (task=quantize's recipe), calibrated on 16 noise crops: speed, not quality."""
+        from steel_defect.export import OnnxNet, export_onnx
+        from steel_defect.quantize import quantize_onnx
+
+        with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
+            rng = np.random.default_rng(0)
+            images = []
+            for i in range(8):
+                images.append(Path(tmp) / f"c{i}.png")
+                cv2.imwrite(str(images[-1]), rng.integers(60, 160, (shape[0], shape[1], 3), dtype=np.uint8))
+            start = time.perf_counter()
+            fp32 = export_onnx(
+                fresh().cpu(), Path(tmp) / "net.onnx", height=shape[0], width=shape[1], dynamic_width=True,
+                verify=False,
+            )
+            path = quantize_onnx(fp32, Path(tmp) / "net.int8.onnx", images, crops=16, crop_width=448)
+            seconds = time.perf_counter() - start
+            net = OnnxNet(path, intra_op_threads=torch.get_num_threads(), device=str(device))
+        return net, seconds, f"export + quantise {seconds:.0f} s"
+
     def compile_builder(base: Callable[[], nn.Module]) -> Callable[[], tuple[nn.Module, float, str]]:
         return lambda: (torch.compile(base()), 0.0, "compile: see warm-up")
 
@@ -220,6 +241,12 @@ def variants(
         },
         "onnx": {"label": "ONNX Runtime fp32", "build": onnx_builder, "amp": False},
         "bf16": {"label": "eager bf16 autocast", "build": lambda: (fresh(), 0.0, ""), "amp": True},
+        "bf16_cl": {
+            "label": "channels_last bf16 autocast",
+            "build": lambda: (ChannelsLast(fresh()), 0.0, ""),
+            "amp": True,
+        },
+        "int8": {"label": "ONNX Runtime int8 (static QDQ)", "build": int8_builder, "amp": False},
     }
     if device.type == "cuda":
         table["bf16"] = {

@@ -229,6 +229,7 @@ class OnnxNet(nn.Module):
                 f"ONNX model not found: {self.path} (write one with: python predict.py task=export ckpt=...)"
             )
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: graph clean-up notices are not the user's business
         if intra_op_threads is not None:
             if (
                 isinstance(intra_op_threads, bool)

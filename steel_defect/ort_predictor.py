@@ -64,6 +64,7 @@ class OrtModel:
                 f"ONNX model not found: {self.path} (write one with predict.py task=export)"
             )
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(

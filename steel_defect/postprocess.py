@@ -35,6 +35,7 @@ import yaml
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
 from steel_defect.io import atomic_write
+from steel_defect.plain import to_plain
 
 # --- Notebook defaults (one number per class 1..4) ----------------------------------------------------
 # Pixel and classification thresholds: the notebook binarises sigmoid outputs at a fixed 0.5.
@@ -66,23 +67,6 @@ DEFAULT_MAX_AREA_GRID: tuple[int, ...] = (5000, 10000, 15500, 20000, 40000, 8000
 # ======================================================================================================
 # Parameters
 # ======================================================================================================
-def _plain(value: Any) -> Any:
-    """Recursively convert numpy scalars/arrays, tuples and mappings to plain (YAML-safe) python."""
-    if isinstance(value, Mapping):
-        return {(k if isinstance(k, int | str) else str(k)): _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
 def _is_seq(value: Any) -> bool:
     return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
 
@@ -186,7 +170,7 @@ class PostprocessParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only (YAML-safe)."""
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], num_classes: int | None = NUM_CLASSES) -> PostprocessParams:
@@ -452,9 +436,9 @@ def save_thresholds(
     path = Path(path)
     doc: dict[str, Any] = {"params": params.to_dict()}
     if report is not None:
-        doc["report"] = _plain(report)
+        doc["report"] = to_plain(report)
     if meta is not None:
-        doc["meta"] = _plain(meta)
+        doc["meta"] = to_plain(meta)
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)

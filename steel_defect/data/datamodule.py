@@ -30,6 +30,7 @@ from steel_defect.data.splits import (
     split_parts,
 )
 from steel_defect.data.transforms import build_transforms
+from steel_defect.plain import to_plain
 
 __all__ = [
     "LAYOUTS",
@@ -58,18 +59,9 @@ OVERSAMPLE_KEYS = ("power",)
 LAYOUTS = ("kaggle", "folder")
 
 
-def _plain(value: Any) -> Any:
-    """Nested Mappings/lists (e.g. OmegaConf containers) as plain dicts/lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
-        return [_plain(v) for v in value]
-    return value
-
-
 def _check_keys(name: str, value: Mapping[str, Any] | None, valid: tuple[str, ...]) -> dict[str, Any]:
     """``value`` as a dict after checking that it only uses ``valid`` keys."""
-    value = _plain(value) or {}
+    value = to_plain(value) or {}
     unknown = sorted(set(value) - set(valid))
     if unknown:
         raise ValueError(f"data.{name}: unknown keys {unknown}; valid keys: {list(valid)}")
@@ -290,7 +282,7 @@ class SteelDataModule(L.LightningDataModule):
             raise ValueError(f"data.layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         self.save_hyperparameters(logger=False)
         names = (
-            [str(c + 1) for c in range(NUM_CLASSES)] if classes is None else [str(c) for c in _plain(classes)]
+            [str(c + 1) for c in range(NUM_CLASSES)] if classes is None else [str(c) for c in to_plain(classes)]
         )
         if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
             raise ValueError(f"data.classes must be distinct non-empty class names, got {classes!r}")
@@ -298,12 +290,12 @@ class SteelDataModule(L.LightningDataModule):
         self.classes: list[str] = names
         self.root = Path(root)
         self.split_cfg: dict[str, Any] = normalise_split_cfg(
-            _plain(split) if split is not None else DEFAULT_SPLIT
+            to_plain(split) if split is not None else DEFAULT_SPLIT
         )
         self.augment = _check_keys("augment", augment, AUGMENT_KEYS)
         self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
         self.copy_paste = copy_paste_config(_check_keys("copy_paste", copy_paste, COPY_PASTE_KEYS))
-        self.synthetic = _plain(synthetic)
+        self.synthetic = to_plain(synthetic)
         if shape is None and layout == "kaggle":
             shape = list(DEFAULT_SHAPE)
         #: The image size every image must have; None: any size (folder layout without data.shape).

@@ -11,14 +11,12 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
@@ -31,6 +29,7 @@ from steel_defect.metrics import KaggleDice
 from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION
 from steel_defect.models.factory import SteelNet, build_model, resolve_config
 from steel_defect.models.losses import SegClsLoss
+from steel_defect.plain import to_plain
 from steel_defect.postprocess import PostprocessParams, postprocess
 from steel_defect.predictor import split_outputs
 
@@ -47,23 +46,6 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 3e-
 # ======================================================================================================
 # Plain-value helpers
 # ======================================================================================================
-def to_plain(value: Any, key: str) -> Any:
-    """DictConfig/ListConfig/tuples -> dicts/lists; raise TypeError (naming ``key``) for anything not plain."""
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(
-        f"{key} must hold plain values (dict/list/str/number/bool/None), got {type(value).__name__}"
-    )
-
-
 def _check_keys(cfg: Mapping[str, Any], valid: Any, key: str) -> None:
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
@@ -164,8 +146,12 @@ class SteelDefectModule(L.LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        net = to_plain(net, "model.net")
-        names = None if class_names is None else [str(n) for n in to_plain(class_names, "model.class_names")]
+        net = to_plain(net, "model.net", strict=True)
+        names = (
+            None
+            if class_names is None
+            else [str(n) for n in to_plain(class_names, "model.class_names", strict=True)]
+        )
         if isinstance(net, Mapping) and net.get("classes") is None:
             net = {**net, "classes": len(names) if names else len(CLASS_NAMES)}
         net = resolve_config(net)
@@ -176,10 +162,10 @@ class SteelDefectModule(L.LightningModule):
             )
         #: Class names in mask-channel order (Severstal's "1".."4" by default), stored in the checkpoint.
         self.class_names: list[str] = names or [str(c + 1) for c in range(net["classes"])]
-        loss = to_plain(loss, "model.loss") or {}
-        optimizer = _resolve_optimizer(to_plain(optimizer, "model.optimizer"))
-        scheduler = _resolve_scheduler(to_plain(scheduler, "model.scheduler"))
-        pp = to_plain(postprocess, "model.postprocess")
+        loss = to_plain(loss, "model.loss", strict=True) or {}
+        optimizer = _resolve_optimizer(to_plain(optimizer, "model.optimizer", strict=True))
+        scheduler = _resolve_scheduler(to_plain(scheduler, "model.scheduler", strict=True))
+        pp = to_plain(postprocess, "model.postprocess", strict=True)
         k = int(net["classes"])
         self.pp_params = (
             PostprocessParams.for_classes(k, severstal=self.class_names == CLASS_NAMES)
