@@ -27,7 +27,7 @@ from steel_defect import NUM_CLASSES
 from steel_defect.io import atomic_write
 from steel_defect.predict_config import PredictConfig, parse_config
 from steel_defect.predictor import Predictor, collect_tuning_stats, load_nets
-from steel_defect.submission import write_submission
+from steel_defect.submission import run_summary, write_submission
 from steel_defect.thresholds import (
     THRESHOLDS_FILE,
     check_thresholds_binding,
@@ -199,17 +199,7 @@ def predict_images(
 
         count = write_submission(rows(), out, fmt, num_classes=predictor.num_classes)
     seconds = time.perf_counter() - start
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "format": fmt,
-        "images": count,
-        "seconds": seconds,
-        "images_per_s": count / seconds if seconds > 0 else float("inf"),
-        "seconds_per_image": seconds / count if count else 0.0,
-        "nonempty_masks": {name: int(v) for name, v in zip(predictor.classes, nonempty, strict=True)},
-        "unreadable": list(unreadable),
-        "overlays": [str(p) for p in written],
-    }
+    summary = run_summary(out, fmt, count, seconds, predictor.classes, nonempty, unreadable, written)
     if evaluation is not None:
         summary["evaluation"] = evaluation_report(
             np.stack(evaluation.dice),
@@ -485,7 +475,12 @@ def run_quantize(c: PredictConfig, console: Any = None) -> dict[str, Any]:
     src = c.ckpt[0]
     if not src.is_file():
         raise FileNotFoundError(f"ckpt: model not found: {src}")
-    images = list_images(_images_dir(c, "train_images"))
+    folder = _images_dir(c, "train_images")
+    images = list_images(folder)
+    if not images:
+        raise FileNotFoundError(
+            f"task=quantize: no calibration images in {folder} (data.images or data.root/train_images)"
+        )
     out = c.quantize["out"] or src.with_name(src.stem + ".int8.onnx")
     opts = {k: v for k, v in c.quantize.items() if k != "out"}
     path = quantize_onnx(src, out, images, **opts)

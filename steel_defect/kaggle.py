@@ -488,9 +488,16 @@ def build_bundle(
             "thresholds": THRESHOLDS_NAME if thresholds_src is not None else mode,
             "wheels_dir": "wheels",
             "requirements": requirements,
-            "runtime": runtime_requirements(
-                [w["name"] for w in wheel_info], ONNX_RUNTIME_PACKAGES if engine == "onnx" else None
-            ),
+            "runtime": {
+                **runtime_requirements(
+                    [w["name"] for w in wheel_info], ONNX_RUNTIME_PACKAGES if engine == "onnx" else None
+                ),
+                "wheel_tags": {
+                    w["name"]: tag
+                    for w in wheel_info
+                    if not (tag := "-".join(Path(w["file"]).stem.split("-")[-3:])).endswith("-none-any")
+                },
+            },
             "batch_size": _as_int("batch_size", opt["batch_size"], 1),
             "num_workers": _as_int("num_workers", opt["num_workers"], 0),
             "tta": tta,

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -114,9 +115,37 @@ def satisfies(version, spec):
     return True
 
 
-def check_runtime(settings, python_version=None, version_of=None):
+def wheel_fits(tag, python_version, machine, glibc):
+    """Whether a wheel tag 'cp311-cp311-manylinux_2_28_x86_64' (python-abi-platform) installs here: its
+    CPython version, its CPU architecture and, for manylinux, the minimum glibc. Pure wheels always do."""
+    py, _, plat = tag.split("-", 2)
+    major_minor = "".join(str(python_version).split(".")[:2])
+    if py.startswith("cp") and not any(p == f"cp{major_minor}" for p in py.split(".")):
+        return False
+    if plat == "any":
+        return True
+    for option in plat.split("."):
+        if not option.endswith(machine):
+            continue
+        if option.startswith("manylinux_"):
+            need = _version_tuple(".".join(option.split("_")[1:3]))
+            if glibc is not None and _version_tuple(glibc) < need:
+                continue
+        return True
+    return False
+
+
+def _glibc():
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").split()[-1]
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_runtime(settings, python_version=None, version_of=None, machine=None, glibc=None):
     """Stop at start, with one error naming every problem, when this environment's Python or an unbundled
-    package (torch, timm, ...) does not meet the bundle's requirements."""
+    package (torch, timm, ...) does not meet the bundle's requirements, or a bundled binary wheel (e.g.
+    onnxruntime) was built for another Python, CPU or glibc."""
     from importlib import metadata
 
     def installed(name):
@@ -139,6 +168,14 @@ def check_runtime(settings, python_version=None, version_of=None):
             problems.append(f"{name} is not installed (needs {spec or 'any version'})")
         elif spec and not satisfies(version, spec):
             problems.append(f"{name} {version} (needs {spec})")
+    machine = machine or platform.machine()
+    glibc = glibc or _glibc()
+    for name, tag in sorted((runtime.get("wheel_tags") or {}).items()):
+        if not wheel_fits(tag, python_version, machine, glibc):
+            problems.append(
+                f"the bundled {name} wheel is built for {tag}, this is Python {python_version} on {machine}"
+                + (f" with glibc {glibc}" if glibc else "")
+            )
     if problems:
         raise RuntimeError(
             "this environment cannot run the bundle: " + "; ".join(problems) + ". Pick a Kaggle environment "

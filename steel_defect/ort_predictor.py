@@ -3,8 +3,10 @@
 What the Kaggle kernel's ONNX-only mode (``python -m steel_defect.kaggle bundle ... runtime=onnx``) and any
 other machine without torch runs. It does what :class:`steel_defect.predictor.Predictor` does with
 ``runtime=onnx`` (zero-padding to the stride, TTA views and checkpoint ensembles averaged in the same order,
-the same post-processing, RLE and submission code), so the two give the same submission
-(``tests/test_ort_predictor.py``); nothing here imports torch, Lightning or Hydra.
+the same post-processing, RLE and submission code). Its sigmoid is numpy's, not torch's: probabilities
+agree to 1e-6 (a float32 ulp), so the submissions are the same bytes except where a probability lies
+within an ulp of a threshold (``tests/test_ort_predictor.py``). Nothing here imports torch, Lightning or
+Hydra.
 
     from steel_defect.ort_predictor import OrtPredictor
     predictor = OrtPredictor.load(["model.onnx"])        # thresholds: the tuned ones stored at export
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,20 +82,22 @@ class OrtModel:
         self.height = int(self.meta["height"])
         self.width = None if self.meta["dynamic_width"] else int(self.meta["width"])
         self.output_stride = int(self.meta.get("output_stride", 32))
+        #: The exported checkpoint's meta, with the class names filled in as ``load_nets`` does.
         self.inner = dict(self.meta.get("meta") or {})
+        self.inner.setdefault(
+            "classes", [str(c + 1) for c in range(int(self.meta.get("classes") or NUM_CLASSES))]
+        )
 
     @property
     def classes(self) -> list[str]:
-        return [
-            str(c)
-            for c in self.inner.get("classes") or range(1, int(self.meta.get("classes") or NUM_CLASSES) + 1)
-        ]
+        return [str(c) for c in self.inner["classes"]]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """float32 (B, 3, H, W) in [0, 1] -> the logits (mask, class[, image])."""
         if x.shape[2] != self.height:
             raise ValueError(
-                f"{self.path} was exported for height {self.height}, got images {x.shape[2]} high"
+                f"{self.path} was exported for height {self.height}, got images {x.shape[2]} high (after padding "
+                f"to the stride); re-export it with export.height={x.shape[2]}"
             )
         if self.width is not None and x.shape[3] != self.width:
             raise ValueError(
@@ -182,8 +187,11 @@ class OrtPredictor:
         final = postprocess(mask, cls, self.params, image_probs=img)
         return [(final[i], cls[i]) for i in range(len(images))]
 
-    def _read(self, paths: Sequence[Path], workers: int) -> Iterator[tuple[Path, np.ndarray | None]]:
-        """Images in order, decoded ahead by ``workers`` threads (OpenCV releases the GIL)."""
+    def _read(
+        self, paths: Sequence[Path], workers: int, ahead: int
+    ) -> Iterator[tuple[Path, np.ndarray | None]]:
+        """Images in order, decoded by ``workers`` threads (OpenCV releases the GIL) at most ``ahead`` images
+        ahead of the consumer, so memory stays bounded on any folder."""
 
         def read(path: Path) -> np.ndarray | None:
             try:
@@ -196,7 +204,15 @@ class OrtPredictor:
             yield from ((p, read(p)) for p in paths)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            yield from zip(paths, pool.map(read, paths), strict=True)
+            pending: deque = deque()
+            for path in paths:
+                pending.append((path, pool.submit(read, path)))
+                if len(pending) > ahead:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
 
     def predict_folder(
         self,
@@ -209,7 +225,7 @@ class OrtPredictor:
         """Every image of the folder ``source`` (sorted by name) into the submission ``out`` (atomically);
         unreadable images get empty masks and a warning. Returns a summary like ``predict.py``'s."""
         from steel_defect.rle import masks_to_rles
-        from steel_defect.submission import write_submission
+        from steel_defect.submission import run_summary, write_submission
 
         paths = list_images(source)
         if not paths:
@@ -227,16 +243,18 @@ class OrtPredictor:
                     groups.setdefault(im.shape[:2], []).append(i)
                 done: dict[int, list[str]] = {}
                 for members in groups.values():
-                    for i, (masks, _) in zip(
-                        members, self.predict([pending[i][1] for i in members]), strict=True
-                    ):
+                    try:
+                        results = self.predict([pending[i][1] for i in members])
+                    except ValueError as err:
+                        raise ValueError(f"{', '.join(pending[i][0].name for i in members)}: {err}") from err
+                    for i, (masks, _) in zip(members, results, strict=True):
                         nonempty[:] += masks.reshape(len(masks), -1).any(axis=1)
                         done[i] = masks_to_rles(masks)
                 for i, (path, _) in enumerate(pending):
                     yield path.name, done[i]
                 pending.clear()
 
-            for path, image in self._read(paths, workers):
+            for path, image in self._read(paths, workers, ahead=2 * batch_size + workers):
                 if image is None:
                     yield from flush()
                     unreadable.append(path.name)
@@ -249,18 +267,8 @@ class OrtPredictor:
 
         count = write_submission(rows(), out, fmt, num_classes=len(self.classes))
         seconds = time.perf_counter() - start
-        return {
-            "out": str(out),
-            "format": fmt,
-            "images": count,
-            "seconds": seconds,
-            "images_per_s": count / seconds if seconds > 0 else float("inf"),
-            "seconds_per_image": seconds / count if count else 0.0,
-            "nonempty_masks": {name: int(v) for name, v in zip(self.classes, nonempty, strict=True)},
-            "unreadable": unreadable,
-            "overlays": [],
-            "thresholds": self.source,
-        }
+        summary = run_summary(out, fmt, count, seconds, self.classes, nonempty, unreadable)
+        return {**summary, "thresholds": self.source}
 
     @property
     def num_classes(self) -> int:

@@ -210,16 +210,7 @@ class PostprocessParams:
         limits are Severstal statistics; tuning finds a data set's own)."""
         if severstal and num_classes == NUM_CLASSES:
             return cls.notebook_defaults()
-        return cls(
-            t_img=None,
-            t_cls=[0.5] * num_classes,
-            t_pix=[0.5] * num_classes,
-            pix_mode=["plain"] * num_classes,
-            min_area=[None] * num_classes,
-            max_area=[None] * num_classes,
-            min_component=[None] * num_classes,
-            reference_shape=None,
-        )
+        return dataclasses.replace(cls.disabled(num_classes), t_cls=[0.5] * num_classes)
 
     @classmethod
     def disabled(cls, num_classes: int = NUM_CLASSES) -> PostprocessParams:

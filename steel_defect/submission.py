@@ -99,3 +99,28 @@ def read_submission(path: str | os.PathLike) -> Any:
             "EncodedPixels": frame["EncodedPixels"].str.strip().to_numpy(dtype=object),
         }
     )
+
+
+def run_summary(
+    out: str | os.PathLike,
+    fmt: str,
+    count: int,
+    seconds: float,
+    classes: Sequence[str],
+    nonempty: Sequence[int],
+    unreadable: Sequence[str],
+    overlays: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """What a prediction run reports (``predict.py``, the kernel, the torch-free predictor): the file, the
+    image count and speed, the non-empty masks per class name, the unreadable images, the overlays."""
+    return {
+        "out": str(out),
+        "format": fmt,
+        "images": count,
+        "seconds": seconds,
+        "images_per_s": count / seconds if seconds > 0 else float("inf"),
+        "seconds_per_image": seconds / count if count else 0.0,
+        "nonempty_masks": {str(name): int(v) for name, v in zip(classes, nonempty, strict=True)},
+        "unreadable": list(unreadable),
+        "overlays": [str(p) for p in overlays],
+    }

@@ -572,6 +572,22 @@ def test_kernel_stops_at_start_naming_every_runtime_mismatch():
     assert "timm is not installed" in message and "numpy" not in message
 
 
+def test_kernel_refuses_a_bundled_binary_wheel_built_for_another_python_or_cpu():
+    from steel_defect.kaggle_kernel import check_runtime, wheel_fits
+
+    tag = "cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64"
+    assert wheel_fits(tag, "3.11.9", "x86_64", "2.36") and wheel_fits("py3-none-any", "3.9.0", "arm64", None)
+    assert not wheel_fits(tag, "3.12.1", "x86_64", "2.36")  # another CPython
+    assert not wheel_fits(tag, "3.11.9", "aarch64", "2.36")  # another CPU
+    assert not wheel_fits(tag, "3.11.9", "x86_64", "2.17")  # too old a glibc
+    settings = {"runtime": {"wheel_tags": {"onnxruntime": tag}}}
+    check_runtime(settings, python_version="3.11.9", machine="x86_64", glibc="2.36")
+    with pytest.raises(
+        RuntimeError, match=r"the bundled onnxruntime wheel is built for cp311-.* this is Python 3.12.1"
+    ):
+        check_runtime(settings, python_version="3.12.1", machine="x86_64", glibc="2.36")
+
+
 # ------------------------------------------------------------------------------------------------ runtime=onnx
 @pytest.fixture(scope="module")
 def onnx_bundle(bundle, tiny_run) -> Path:
@@ -599,6 +615,9 @@ def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
     assert sorted(w["name"] for w in manifest["wheels"]) == ["onnxruntime", "steel-defect"]
     # what the kernel checks on Kaggle's side at start: no torch, timm or smp among them
     assert set(settings["runtime"]["packages"]) == {"numpy", "opencv-python-headless", "pyyaml"}
+    # the onnxruntime wheel is binary: the kernel checks its tag at start, the pure project wheel has none
+    assert list(settings["runtime"]["wheel_tags"]) == ["onnxruntime"]
+    assert settings["runtime"]["wheel_tags"]["onnxruntime"].startswith("cp3")
 
 
 def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle, tiny_run, tmp_path):

@@ -118,3 +118,65 @@ print(s['images'], sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "6 []"
     assert (tmp_path / "sub.csv").read_text().count("\n") == 1 + 6 * 3
+
+
+def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
+    """At a threshold other than 0.5 numpy's and torch's sigmoids (1 ulp apart) may split a pixel: the
+    masks still agree on all but a 1e-4 share of pixels."""
+    from steel_defect.ort_predictor import OrtPredictor
+    from steel_defect.postprocess import PostprocessParams, postprocess
+    from steel_defect.predictor import Predictor
+
+    onnx, images = exported
+    params = PostprocessParams.disabled(3)
+    params.t_pix = [0.47, 0.52, 0.5]
+    ort = OrtPredictor.load([onnx], thresholds="raw")
+    ort.params = params
+    reference = Predictor.load(onnx, thresholds="raw", runtime="onnx", device="cpu")
+    x = np.stack([cv2.cvtColor(cv2.imread(str(images / f"t{i}.png")), cv2.COLOR_BGR2RGB) for i in (0, 2)])
+    ours = np.stack([m for m, _ in ort.predict(list(x))])
+    mp, cp, ip = reference.probabilities(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255)
+    theirs = postprocess(mp.numpy(), cp.numpy(), params, image_probs=ip.numpy())
+    assert ours.any() and (ours != theirs).mean() < 1e-4
+
+
+def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
+    from steel_defect.export import export_onnx
+    from steel_defect.models.factory import build_model
+    from steel_defect.ort_predictor import OrtPredictor
+    from steel_defect.predictor import Predictor
+
+    net = build_model({"encoder_name": "resnet18", "encoder_weights": None, "classes": 3}).eval()
+    path = export_onnx(net, tmp_path / "bare.onnx", height=64, width=128, meta=None)
+    assert (
+        OrtPredictor.load([path]).classes == Predictor.load(path, runtime="onnx").classes == ["1", "2", "3"]
+    )
+
+
+def test_images_are_read_a_bounded_number_ahead(exported, monkeypatch):
+    import steel_defect.ort_predictor as mod
+
+    onnx, images = exported
+    calls = []
+    real = mod.read_image
+    monkeypatch.setattr(mod, "read_image", lambda p: calls.append(p) or real(p))
+    paths = sorted(images.glob("t[0-4].png")) * 20  # 100 reads
+    reader = mod.OrtPredictor.load([onnx], thresholds="raw")._read(paths, workers=2, ahead=3)
+    next(reader)
+    import time
+
+    time.sleep(0.3)  # let the workers run as far as they may
+    assert len(calls) <= 5, len(calls)
+    assert sum(1 for _ in reader) == 99
+
+
+def test_a_model_of_another_height_names_the_images(exported, tmp_path):
+    from steel_defect.ort_predictor import OrtPredictor
+
+    onnx, _ = exported
+    folder = tmp_path / "tall"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "tall.png"), np.zeros((100, 128, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"tall.png: .*exported for height 64, got images 128 high"):
+        OrtPredictor.load([onnx], thresholds="raw").predict_folder(folder, tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()

@@ -39,7 +39,7 @@ def exported(tmp_path_factory) -> tuple[Path, torch.nn.Module, list[Path]]:
     from steel_defect.models.factory import build_model
 
     root = tmp_path_factory.mktemp("quant")
-    images = _images(root / "images")
+    images = _images(root / "images", n=8)
     torch.manual_seed(0)
     net = build_model({"encoder_name": "resnet18", "encoder_weights": None, "image_head": True, "classes": 2})
     batch = torch.stack(
@@ -86,7 +86,7 @@ def test_runtime_int8_loads_only_quantised_models(exported, tmp_path):
     ckpt.write_bytes(b"")
     with pytest.raises(ValueError, match="runtime=int8 runs an int8 ONNX model, not the checkpoint"):
         load_nets([ckpt], "cpu", "int8")
-    out = quantize_onnx(src, tmp_path / "m.int8.onnx", images, crops=4, crop_width=64)
+    out = quantize_onnx(src, tmp_path / "m.int8.onnx", images, crops=16, crop_width=64)
     (net,), (meta,) = load_nets([out], "cpu", "int8")
     assert meta["classes"] == ["a", "b"] and net.meta["quantization"]
     with pytest.raises(ValueError, match="already quantised"):
@@ -128,3 +128,31 @@ def test_calibration_crops_are_seeded_padded_and_check_the_height(tmp_path):
     cv2.imwrite(str(tall), np.zeros((H + 8, 100), np.uint8))
     with pytest.raises(ValueError, match=r"tall.png is 72 pixels high; the model takes 64"):
         list(calibration_crops([tall], 1, H, 64))
+
+
+def test_every_calibration_crop_counts(exported, tmp_path):
+    """One bright image among dim ones, used by the FIRST crop only: its range must reach the model's
+    first activation scale (onnxruntime's CalibMaxIntermediateOutputs once dropped all but the last crops)."""
+    import onnx
+    from onnx import numpy_helper
+
+    src, _, images = exported
+    images = [Path(tmp_path / p.name) for p in images]
+    for p, q in zip(exported[2], images, strict=True):
+        q.write_bytes(p.read_bytes())
+    rng = np.random.default_rng(0)
+    first, second = rng.permutation(len(images)), rng.permutation(len(images))
+    bright = int(first[0])
+    assert bright != int(second[-1]), "the bright image must not also be the last crop"
+
+    def first_scale(path: Path) -> float:
+        model = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        quant = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+        return float(inits[quant.input[1]])
+
+    dim = first_scale(quantize_onnx(src, tmp_path / "dim.onnx", images, crops=16, crop_width=64))
+    w = cv2.imread(str(images[bright])).shape[1]
+    cv2.imwrite(str(images[bright]), np.full((H, w), 255, np.uint8))
+    lit = first_scale(quantize_onnx(src, tmp_path / "lit.onnx", images, crops=16, crop_width=64))
+    assert lit > 1.2 * dim, (dim, lit)

@@ -62,7 +62,7 @@ LAYOUTS = ("kaggle", "folder")
 def _check_keys(name: str, value: Mapping[str, Any] | None, valid: tuple[str, ...]) -> dict[str, Any]:
     """``value`` as a dict after checking that it only uses ``valid`` keys."""
     value = to_plain(value) or {}
-    unknown = sorted(set(value) - set(valid))
+    unknown = sorted(map(str, set(value) - set(valid)))
     if unknown:
         raise ValueError(f"data.{name}: unknown keys {unknown}; valid keys: {list(valid)}")
     return value

@@ -47,7 +47,7 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 3e-
 # Plain-value helpers
 # ======================================================================================================
 def _check_keys(cfg: Mapping[str, Any], valid: Any, key: str) -> None:
-    unknown = sorted(set(cfg) - set(valid))
+    unknown = sorted(map(str, set(cfg) - set(valid)))
     if unknown:
         raise ValueError(
             f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {', '.join(valid)}"
