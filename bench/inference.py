@@ -215,7 +215,11 @@ def variants(
                 cv2.imwrite(str(images[-1]), rng.integers(60, 160, (shape[0], shape[1], 3), dtype=np.uint8))
             start = time.perf_counter()
             fp32 = export_onnx(
-                fresh().cpu(), Path(tmp) / "net.onnx", height=shape[0], width=shape[1], dynamic_width=True,
+                fresh().cpu(),
+                Path(tmp) / "net.onnx",
+                height=shape[0],
+                width=shape[1],
+                dynamic_width=True,
                 verify=False,
             )
             path = quantize_onnx(fp32, Path(tmp) / "net.int8.onnx", images, crops=16, crop_width=448)
