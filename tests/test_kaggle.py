@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -179,6 +180,42 @@ def emulate_kaggle_image(venv_python: Path, image_dir: Path, bundled: list[str])
         check=True,
     ).stdout.strip()
     (Path(venv_site) / "_kaggle_image.pth").write_text(f"import site; site.addsitedir({str(image_dir)!r})\n")
+
+
+def run_kernel_offline(bundle: Path, tmp_path: Path, hidden: Sequence[str] = ()):
+    """``kernel.py`` of ``bundle`` in a fresh venv over an emulated Kaggle image (this environment minus the
+    bundled and the ``hidden`` distributions), from a folder outside the repo, with the network off (checked).
+    Returns (venv python, work folder, the finished kernel process, how the network was disabled)."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=clean_env()
+    )
+    python = venv / "bin" / "python"
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    emulate_kaggle_image(
+        python, tmp_path / "kaggle_image", [w["name"] for w in manifest["wheels"]] + list(hidden)
+    )
+    work = tmp_path / "cwd"  # not the repo: its steel_defect/ must not be importable
+    work.mkdir()
+    prefix, guard_env, how = network_isolation(tmp_path)
+    env = clean_env(**guard_env)
+    probe = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 9), timeout=2)\nexcept OSError:\n    print('offline')\n"
+    offline = subprocess.run(
+        [*prefix, str(python), "-c", probe], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert offline.stdout.strip() == "offline", f"network isolation via {how} failed: {offline.stderr}"
+    kernel = subprocess.run(
+        [*prefix, str(python), str(bundle / "kernel.py")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert kernel.returncode == 0, (
+        f"kernel.py failed ({how}):\n{kernel.stdout[-4000:]}\n{kernel.stderr[-4000:]}"
+    )
+    return python, work, kernel, how
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -466,36 +503,10 @@ def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(
 
 def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_path):
     """The real thing: fresh venv, --no-index install from the bundle, no network, same submission."""
+    python, work, kernel, how = run_kernel_offline(bundle, tmp_path)
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=clean_env()
-    )
-    python = venv / "bin" / "python"
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
-    emulate_kaggle_image(python, tmp_path / "kaggle_image", [w["name"] for w in manifest["wheels"]])
-    work = tmp_path / "cwd"  # not the repo: its steel_defect/ must not be importable
-    work.mkdir()
-    prefix, guard_env, how = network_isolation(tmp_path)
-    env = clean_env(**guard_env)
-
-    probe = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 9), timeout=2)\nexcept OSError:\n    print('offline')\n"
-    offline = subprocess.run(
-        [*prefix, str(python), "-c", probe], cwd=work, env=env, capture_output=True, text=True
-    )
-    assert offline.stdout.strip() == "offline", f"network isolation via {how} failed: {offline.stderr}"
-
-    kernel = subprocess.run(
-        [*prefix, str(python), str(bundle / "kernel.py")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
     print(f"kernel.py ran with the network disabled by {how}")
-    assert kernel.returncode == 0, (
-        f"kernel.py failed ({how}):\n{kernel.stdout[-4000:]}\n{kernel.stderr[-4000:]}"
-    )
     assert "--no-index" in kernel.stdout
 
     where = subprocess.run(
@@ -623,28 +634,9 @@ def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
 def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle, tiny_run, tmp_path):
     """Fresh venv whose emulated Kaggle image has no torch, timm, smp, Lightning or Hydra; offline; the
     kernel installs the bundled onnxruntime and writes the same submission as predict.py on the model."""
-    venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, env=clean_env()
-    )
-    python = venv / "bin" / "python"
-    manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
     hidden = ["torch", "timm", "segmentation-models-pytorch", "lightning", "hydra-core", "torchmetrics"]
-    emulate_kaggle_image(python, tmp_path / "kaggle_image", [w["name"] for w in manifest["wheels"]] + hidden)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    prefix, guard_env, how = network_isolation(tmp_path)
-    kernel = subprocess.run(
-        [*prefix, str(python), str(onnx_bundle / "kernel.py")],
-        cwd=work,
-        env=clean_env(**guard_env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert kernel.returncode == 0, (
-        f"kernel.py failed ({how}):\n{kernel.stdout[-4000:]}\n{kernel.stderr[-4000:]}"
-    )
+    python, work, kernel, _ = run_kernel_offline(onnx_bundle, tmp_path, hidden)
+    manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
     assert "ONNX Runtime" in kernel.stdout
     probe = subprocess.run(
         [

@@ -57,14 +57,21 @@ class Page:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, seconds: float = 90):
+        """Poll ``expression`` until it is truthy; while a navigation is under way the old or a blank
+        document may answer, so an exception counts as "not yet" (the last one is reported on timeout)."""
         deadline = time.monotonic() + seconds
+        error = None
         while time.monotonic() < deadline:
-            value = self.eval(expression)
+            try:
+                value = self.eval(expression)
+            except AssertionError as err:
+                value, error = None, err
             if value:
                 return value
             time.sleep(0.2)
         raise AssertionError(
-            f"timed out waiting for {expression}; status: {self.eval('document.body.innerText')[:500]}"
+            f"timed out waiting for {expression} (last error: {error}); "
+            f"page text: {self.eval('document.body ? document.body.innerText : null')!r:.500}"
         )
 
     def close(self) -> None:
