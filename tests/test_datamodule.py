@@ -75,7 +75,7 @@ def test_split_saved_and_reloaded(root, tmp_path, caplog):
     assert split_parts(fresh.split) == split_parts(dm.split)
 
 
-def test_limits_and_test_predict_stages(root):
+def test_limits_and_the_test_stage(root):
     dm = make(root, limit_train=5, limit_val=3)
     dm.setup("fit")
     assert [it["image_id"] for it in dm.train_dataset] == dm.split["train"][:5]
@@ -83,12 +83,6 @@ def test_limits_and_test_predict_stages(root):
     dm.setup("test")
     test_batches = list(dm.test_dataloader())
     assert sum(len(b["image_id"]) for b in test_batches) == 4
-    dm.setup("predict")
-    batches = list(dm.predict_dataloader())
-    assert all(isinstance(b, list) for b in batches)
-    groups = [g for b in batches for g in b]
-    assert sum(len(g["image_id"]) for g in groups) == 3
-    assert all(g["image"].shape[1:] == (3, 64, 320) and g["ok"].all() for g in groups)
 
 
 def test_kfold_has_no_test_part(root):

@@ -162,16 +162,6 @@ def test_test_step_mirrors_validation(tmp_path, fitted):
     assert "test/dice" not in out  # renamed test/dice_default: which post-processing is explicit
 
 
-def test_predict_returns_probabilities_and_ids(tmp_path, fitted):
-    module, _, _ = fitted
-    preds = _trainer(tmp_path).predict(module, dataloaders=_loader(3, batch_size=2))
-    assert [len(p["image_id"]) for p in preds] == [2, 1]
-    assert preds[0]["image_id"] == ["img0.jpg", "img1.jpg"]
-    assert preds[0]["mask_probs"].shape == (2, 4, H, W) and preds[0]["class_probs"].shape == (2, 4)
-    for p in preds:
-        assert 0 <= float(p["mask_probs"].min()) and float(p["mask_probs"].max()) <= 1
-
-
 def test_overfitting_one_batch_lowers_the_loss(tmp_path):
     L.seed_everything(2, verbose=False)
     module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3}, scheduler={"name": "none"})
@@ -382,8 +372,10 @@ def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
     assert out["val/img_auroc_max_cls"] == pytest.approx(
         float(binary_auroc(cls.sigmoid().max(1).values, has)), abs=1e-6
     )
-    preds = _trainer(tmp_path).predict(module, dataloaders=_loader(3, batch_size=3))
-    assert preds[0]["image_probs"].shape == (3,)
+    from steel_defect.predictor import predict_batch
+
+    _, _, image_probs = predict_batch(module.net, data.images[:3])
+    assert image_probs.shape == (3,) and torch.allclose(image_probs, img[:3].sigmoid(), atol=1e-6)
 
 
 def test_test_stage_logs_raw_default_and_tuned_dice(tmp_path):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
 from steel_defect.data.annotations import defect_columns, frame_classes, load_annotations, rle_columns
 from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
-from steel_defect.data.dataset import PredictDataset, SizeBatchSampler, SteelDataset, predict_collate
+from steel_defect.data.dataset import SizeBatchSampler, SteelDataset
 from steel_defect.data.splits import (
     DEFAULT_SPLIT,
     load_split,
@@ -213,7 +213,7 @@ def oversample_weights(df: pd.DataFrame, power: float = 0.5) -> np.ndarray:
 
 
 class SteelDataModule(L.LightningDataModule):
-    """Labelled steel images for fit/validate/test, ``root/test_images`` for predict.
+    """Labelled steel images for fit/validate/test (prediction reads its own folders: ``predict.py``).
 
     ``layout``: ``kaggle`` (Severstal's: ``root/train_csv`` + ``root/train_images``) or ``folder`` (the
     plant's own: ``root/images`` + ``root/masks/<stem>.png``, pixel value = class index; see
@@ -236,8 +236,6 @@ class SteelDataModule(L.LightningDataModule):
     the images in ``pseudo_images`` (default ``root/test_images``): mixed into training at ``pseudo_share`` of
     every batch (:class:`PseudoMixSampler`), never into validation or test; refused if it names an image of
     the validation or test split.
-
-    Predict batches are lists of same-size sub-batches (see :func:`predict_collate`).
     """
 
     def __init__(
@@ -317,7 +315,6 @@ class SteelDataModule(L.LightningDataModule):
         self.train_dataset: SteelDataset | None = None
         self.val_dataset: SteelDataset | None = None
         self.test_dataset: SteelDataset | None = None
-        self.predict_dataset: PredictDataset | None = None
         self._sizes: dict[str, tuple[int, int]] = {}
 
     # ----------------------------------------------------------------------------------------- preparation
@@ -474,7 +471,7 @@ class SteelDataModule(L.LightningDataModule):
         return None if crop is None or int(crop) >= self.shape[axis] else int(crop)
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets for ``stage`` (fit, validate, test, predict; None = all)."""
+        """Build the datasets for ``stage`` (fit, validate, test; None = all)."""
         hp = self.hparams
         if stage in (None, "fit", "validate", "test"):
             self._load()
@@ -486,12 +483,6 @@ class SteelDataModule(L.LightningDataModule):
         if stage in (None, "test"):
             has_test = "test" in split_parts(self.split)
             self.test_dataset = self._dataset(self._part("test"), "test") if has_test else None
-        if stage in (None, "predict"):
-            self.predict_dataset = PredictDataset(
-                self.root / hp.test_images,
-                build_transforms("predict"),
-                fallback_shape=self.shape or DEFAULT_SHAPE,
-            )
 
     def _pseudo_dataset(self) -> SteelDataset | None:
         """The pseudo-labelled images (``data.pseudo_labels``), augmented like training; never validated on."""
@@ -601,8 +592,3 @@ class SteelDataModule(L.LightningDataModule):
             )
         test = self._require(self.test_dataset, "test", "test")
         return self._loader(test, self.hparams.val_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Batches are ``list[dict]``: one sub-batch per image size (see :func:`predict_collate`)."""
-        predict = self._require(self.predict_dataset, "predict", "predict")
-        return self._loader(predict, self.hparams.val_batch_size, collate_fn=predict_collate)

@@ -117,7 +117,8 @@ def cosine_warmup_factor(step: int, total: int, warmup: int, min_ratio: float) -
 # The module
 # ======================================================================================================
 class SteelDefectModule(L.LightningModule):
-    """Train/validate/test/predict one SteelNet (see the module docstring; all arguments are plain values).
+    """Train/validate/test one SteelNet (see the module docstring; all arguments are plain values). Prediction
+    is the Predictor's (steel_defect.predictor): no Lightning needed.
 
     ``class_names`` (train.yaml passes ``data.classes``) name the mask channels; ``net.classes`` null
     follows their number. Without ``postprocess`` the gates start at the notebook's for Severstal's four
@@ -336,19 +337,6 @@ class SteelDefectModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
-
-    def predict_step(
-        self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Any]:
-        """Sigmoid probabilities: ``mask_probs`` (B, 4, H, W), ``class_probs`` (B, 4), ``image_probs`` (B,)
-        (None without an image head), and ``image_id``."""
-        mask_logits, class_logits, image_logits = split_outputs(self(batch["image"]))
-        return {
-            "mask_probs": torch.sigmoid(mask_logits.float()),
-            "class_probs": torch.sigmoid(class_logits.float()),
-            "image_probs": None if image_logits is None else torch.sigmoid(image_logits.float()),
-            "image_id": list(batch.get("image_id", [])),
-        }
 
     # --- optimisation -----------------------------------------------------------------------------
     def _param_groups(self, encoder_lr: float | None) -> Iterator[torch.nn.Parameter] | list[dict[str, Any]]:
