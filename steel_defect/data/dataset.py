@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -19,7 +18,6 @@ from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
 from steel_defect import DEFAULT_SHAPE
 from steel_defect.data.annotations import AnnotationError, frame_classes, rle_columns
-from steel_defect.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from steel_defect.data.blackout import blackout_defect
 from steel_defect.data.copy_paste import (
     choose_class,
@@ -31,9 +29,17 @@ from steel_defect.data.copy_paste import (
     paste_defect,
 )
 from steel_defect.data.transforms import build_transforms
+from steel_defect.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from steel_defect.rle import rle_decode
 
-__all__ = ["ImageReadError", "read_image", "SteelDataset", "SizeBatchSampler", "PredictDataset", "predict_collate"]
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "SteelDataset",
+    "SizeBatchSampler",
+    "PredictDataset",
+    "predict_collate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +204,11 @@ class SizeBatchSampler(BatchSampler):
     distributed sampler under DDP (each process then groups its own share)."""
 
     def __init__(
-        self, sampler: Sampler | list[int], batch_size: int, drop_last: bool = False, sizes: list | None = None
+        self,
+        sampler: Sampler | list[int],
+        batch_size: int,
+        drop_last: bool = False,
+        sizes: list | None = None,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if sizes is None:
