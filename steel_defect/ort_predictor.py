@@ -29,13 +29,11 @@ import numpy as np
 from steel_defect import NUM_CLASSES
 from steel_defect.io import ImageReadError, list_images, read_image
 from steel_defect.onnx_meta import IMAGE_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAMES, parse_metadata
+from steel_defect.tta import TTA_FLIPS, check_tta
 
-__all__ = ["OrtModel", "OrtPredictor", "TTA_FLIPS"]
+__all__ = ["OrtModel", "OrtPredictor", "probabilities"]
 
 log = logging.getLogger(__name__)
-
-#: TTA views as the numpy axes they flip (each is its own inverse), as in ``predictor.TTA_TRANSFORMS``.
-TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-1, -2)}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -134,10 +132,7 @@ class OrtPredictor:
     """Exported models + their thresholds + TTA: post-processed masks for images, no torch."""
 
     def __init__(self, models: Sequence[OrtModel], params: Any, source: str, tta: Sequence[str] = ()) -> None:
-        bad = [t for t in tta if t not in TTA_FLIPS]
-        if bad:
-            raise ValueError(f"unknown tta {bad}; valid: {sorted(TTA_FLIPS)}")
-        self.models, self.params, self.source, self.tta = list(models), params, source, tuple(tta)
+        self.models, self.params, self.source, self.tta = list(models), params, source, tuple(check_tta(tta))
         self.classes = self.models[0].classes
         if len(self.classes) != params.num_classes:
             raise ValueError(

@@ -25,27 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from steel_defect import NUM_CLASSES
+from steel_defect.tta import TTA_FLIPS, check_tta
 
 log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
-#: name -> (augment, de-augment) on (B, C, H, W) tensors. Each pair is an exact inverse (tested); class
-#: logits are invariant to these flips, so only the mask probabilities are de-augmented.
+#: name -> (augment, de-augment) on (B, C, H, W) tensors: the flips of :data:`steel_defect.tta.TTA_FLIPS`.
+#: Each pair is an exact inverse (tested); class logits are invariant to these flips, so only the mask
+#: probabilities are de-augmented.
 TTA_TRANSFORMS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "hflip": (lambda x: x.flip(-1), lambda y: y.flip(-1)),
-    "vflip": (lambda x: x.flip(-2), lambda y: y.flip(-2)),
-    "hvflip": (lambda x: x.flip(-1, -2), lambda y: y.flip(-1, -2)),
+    name: (lambda x, a=axes: x.flip(a), lambda y, a=axes: y.flip(a)) for name, axes in TTA_FLIPS.items()
 }
-
-
-def check_tta(names: Iterable[str]) -> list[str]:
-    """Validate TTA names, listing the valid ones on error."""
-    names = list(names or [])
-    bad = [n for n in names if n not in TTA_TRANSFORMS]
-    if bad:
-        raise ValueError(f"unknown tta {bad}; valid: {sorted(TTA_TRANSFORMS)}")
-    return names
 
 
 def pad_to_multiple(x: Tensor, multiple: int = 32) -> tuple[Tensor, tuple[int, int]]:
