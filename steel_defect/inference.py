@@ -27,7 +27,7 @@ from steel_defect import NUM_CLASSES
 from steel_defect.io import atomic_write
 from steel_defect.predict_config import PredictConfig, parse_config
 from steel_defect.predictor import Predictor, collect_tuning_stats, load_nets
-from steel_defect.submission import run_summary, write_submission
+from steel_defect.submission import format_summary, run_summary, write_submission
 from steel_defect.thresholds import (
     THRESHOLDS_FILE,
     check_thresholds_binding,
@@ -209,26 +209,6 @@ def predict_images(
             class_names=predictor.classes,
         )
     return summary
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """The lines printed at the end of a prediction run."""
-    per_class = ", ".join(f"{c}: {n}" for c, n in summary["nonempty_masks"].items())
-    lines = [
-        f"wrote {summary['out']} ({summary['format']} format): {summary['images']} images in "
-        f"{summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s, "
-        f"{summary['seconds_per_image']:.3f} s/image)",
-        f"non-empty masks per class: {per_class}",
-        f"unreadable images: {len(summary['unreadable'])}"
-        + (
-            f" ({', '.join(summary['unreadable'][:10])}{', ...' if len(summary['unreadable']) > 10 else ''})"
-            if summary["unreadable"]
-            else ""
-        ),
-    ]
-    if summary.get("overlays"):
-        lines.append(f"overlays: {len(summary['overlays'])} PNGs in {Path(summary['overlays'][0]).parent}")
-    return "\n".join(lines)
 
 
 # ======================================================================================================

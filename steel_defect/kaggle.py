@@ -235,6 +235,8 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
 
     The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
     """
+    from steel_defect.submission import format_summary
+
     bundle = Path(bundle)
     images = Path(settings["input"])
     if not images.is_dir():
@@ -260,15 +262,12 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
             batch_size=int(settings["batch_size"]),
             workers=int(settings["num_workers"]),
         )
-        print(
-            f"wrote {summary['out']}: {summary['images']} images in {summary['seconds']:.1f} s "
-            f"({summary['seconds_per_image']:.3f} s/image, ONNX Runtime); non-empty masks per class: "
-            f"{summary['nonempty_masks']}; unreadable: {len(summary['unreadable'])}; thresholds: {summary['thresholds']}",
-            flush=True,
-        )
+        print(f"predicted with ONNX Runtime (no torch); thresholds: {summary['thresholds']}", flush=True)
+        print(format_summary(summary), flush=True)
         return summary
-    from steel_defect.inference import format_summary, predict_images
+    from steel_defect.inference import predict_images
     from steel_defect.predictor import Predictor
+    from steel_defect.submission import format_summary
 
     predictor = Predictor.load(
         ckpts,

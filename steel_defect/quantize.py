@@ -12,7 +12,7 @@ min/max, so its memory does not grow with the crops), then written in the QDQ fo
 uint8 (what x86 VNNI runs fastest). The model keeps its ``steel_defect`` metadata, tuned thresholds and
 fingerprint included (the weights are the same model's, rounded), plus a ``quantization`` entry saying how
 it was made; ``runtime=int8`` accepts only such a model. The Dice change is measured, not assumed:
-``bench/inference.py`` prints it beside eager fp32 on the real and synthetic labelled images.
+``bench/faithfulness.py`` prints it beside eager fp32 on the real and synthetic labelled images.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def calibration_crops(
     Raises ``ValueError`` naming the file for an image whose height is not ``height`` (the model's fixed
     input height) and for unreadable images.
     """
-    from steel_defect.data.dataset import ImageReadError, read_image
+    from steel_defect.io import ImageReadError, read_image
 
     if not images:
         raise ValueError("quantize: no calibration images")
@@ -89,8 +89,7 @@ def quantize_onnx(
     Calibrated on :func:`calibration_crops` of ``images``. ``src`` must be one of our exports (not already
     quantised) that accepts ``crop_width``-wide inputs (dynamic width, or exported at that width).
     """
-    onnx = _import_onnx()
-    _import_ort()
+    onnx, ort = _import_onnx(), _import_ort()
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -147,7 +146,6 @@ def quantize_onnx(
         },
         "source": src.name,
     }
-    ort = _import_ort()
     ort.set_default_logger_severity(3)  # the calibration session warns about every unused initializer
     with tempfile.TemporaryDirectory(prefix="steel-quantize-") as tmp:
         quantized = Path(tmp) / "model.int8.onnx"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ import numpy as np
 from steel_defect import NUM_CLASSES
 from steel_defect.io import atomic_write
 
-__all__ = ["CURRENT_HEADER", "LEGACY_HEADER", "SUBMISSION_FORMATS", "read_submission", "write_submission"]
+__all__ = [
+    "CURRENT_HEADER",
+    "LEGACY_HEADER",
+    "SUBMISSION_FORMATS",
+    "format_summary",
+    "read_submission",
+    "run_summary",
+    "write_submission",
+]
 
 SUBMISSION_FORMATS: tuple[str, ...] = ("current", "legacy")
 CURRENT_HEADER: tuple[str, ...] = ("ImageId", "EncodedPixels", "ClassId")
@@ -124,3 +132,23 @@ def run_summary(
         "unreadable": list(unreadable),
         "overlays": [str(p) for p in overlays],
     }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The lines printed at the end of a prediction run (of :func:`run_summary`'s dict)."""
+    per_class = ", ".join(f"{c}: {n}" for c, n in summary["nonempty_masks"].items())
+    lines = [
+        f"wrote {summary['out']} ({summary['format']} format): {summary['images']} images in "
+        f"{summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s, "
+        f"{summary['seconds_per_image']:.3f} s/image)",
+        f"non-empty masks per class: {per_class}",
+        f"unreadable images: {len(summary['unreadable'])}"
+        + (
+            f" ({', '.join(summary['unreadable'][:10])}{', ...' if len(summary['unreadable']) > 10 else ''})"
+            if summary["unreadable"]
+            else ""
+        ),
+    ]
+    if summary.get("overlays"):
+        lines.append(f"overlays: {len(summary['overlays'])} PNGs in {Path(summary['overlays'][0]).parent}")
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from steel_defect import NUM_CLASSES
+from steel_defect import NUM_CLASSES, SEVERSTAL_CLASSES
 
 THRESHOLD_MODES: tuple[str, ...] = ("auto", "defaults", "raw")
 THRESHOLDS_FILE = "thresholds.yaml"
@@ -35,9 +35,7 @@ def resolve_thresholds(mode: str, ckpt: str | os.PathLike, meta: Mapping[str, An
     num_classes = len((meta or {}).get("classes") or []) or NUM_CLASSES
     if mode == "raw":
         return PostprocessParams.disabled(num_classes), "raw (no gates, pixel threshold 0.5)"
-    severstal = list((meta or {}).get("classes") or [str(c + 1) for c in range(NUM_CLASSES)]) == [
-        str(c + 1) for c in range(NUM_CLASSES)
-    ]
+    severstal = list((meta or {}).get("classes") or SEVERSTAL_CLASSES) == list(SEVERSTAL_CLASSES)
     default = PostprocessParams.for_classes(num_classes, severstal=severstal)
     what = (
         "the notebook's defaults" if severstal else f"the defaults for {num_classes} classes (no area limits)"

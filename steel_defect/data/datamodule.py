@@ -16,7 +16,7 @@ import lightning as L
 import pandas as pd
 from torch.utils.data import DataLoader, SequentialSampler
 
-from steel_defect import DEFAULT_SHAPE, NUM_CLASSES
+from steel_defect import DEFAULT_SHAPE, SEVERSTAL_CLASSES
 from steel_defect.data.annotations import load_annotations, rle_columns
 from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
 from steel_defect.data.dataset import SizeBatchSampler, SteelDataset
@@ -141,11 +141,7 @@ class SteelDataModule(L.LightningDataModule):
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         self.save_hyperparameters(logger=False)
-        names = (
-            [str(c + 1) for c in range(NUM_CLASSES)]
-            if classes is None
-            else [str(c) for c in to_plain(classes)]
-        )
+        names = list(SEVERSTAL_CLASSES) if classes is None else [str(c) for c in to_plain(classes)]
         if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
             raise ValueError(f"data.classes must be distinct non-empty class names, got {classes!r}")
         #: The class names, in mask-channel order (class id k + 1 = channel k).
@@ -195,11 +191,7 @@ class SteelDataModule(L.LightningDataModule):
         """Generate the synthetic data set when ``synthetic`` is set and ``root/train_csv`` is absent."""
         if self.synthetic is None:
             return
-        if (
-            self.hparams.layout != "kaggle"
-            or self.shape is None
-            or self.classes != [str(c + 1) for c in range(NUM_CLASSES)]
-        ):
+        if self.hparams.layout != "kaggle" or self.shape is None or self.classes != list(SEVERSTAL_CLASSES):
             raise ValueError(
                 "data.synthetic generates Severstal's kaggle layout with its four classes: set data.synthetic=null "
                 "for the folder layout or other classes"

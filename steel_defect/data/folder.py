@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from steel_defect.data.annotations import AnnotationError, add_defect_columns, rle_columns
-from steel_defect.data.convert import ConversionError, image_size, masks_from_index, read_index_png
+from steel_defect.data.convert import MISSING, ConversionError, image_size, masks_from_index, read_index_png
 from steel_defect.io import IMAGE_SUFFIXES, list_images
 
 __all__ = ["MISSING_MASK", "load_folder_annotations"]
 
-#: What an image without a mask PNG means: ``error`` (refused, naming the file) or ``empty`` (defect-free).
-MISSING_MASK: tuple[str, ...] = ("error", "empty")
+#: What an image without a mask PNG means: ``error`` (refused, naming the file) or ``empty`` (defect-free);
+#: the same choices as ``python -m steel_defect.data.convert to-kaggle --missing``.
+MISSING_MASK: tuple[str, ...] = MISSING
 
 
 def load_folder_annotations(

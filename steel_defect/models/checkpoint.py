@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from steel_defect import SEVERSTAL_CLASSES
 from steel_defect.models.factory import SteelNet
 
 __all__ = ["CLASS_NAMES", "FORMAT_VERSION", "load_net_from_checkpoint"]
 
 #: Version of the ``checkpoint["steel_defect"]`` entry.
 FORMAT_VERSION = 1
-CLASS_NAMES = ["1", "2", "3", "4"]
+CLASS_NAMES = list(SEVERSTAL_CLASSES)
 
 
 def load_net_from_checkpoint(
