@@ -90,7 +90,8 @@ class EMA(EMAWeightAveraging):
 
 class TuneThresholds(L.Callback):
     """At the end of fit, tune the post-processing on the validation split with the best checkpoint and
-    write ``thresholds.yaml`` beside it (rank 0 only, over the whole validation split). ``pix_modes``: the
+    write ``thresholds.yaml`` beside it (rank 0 only, over the whole validation split: the datamodule's
+    ``tune_dataloader`` when it has one, which ignores ``data.limit_val``). ``pix_modes``: the
     pixel modes searched per class (``plain``; add ``soft`` / ``scaled`` for the soft gates).
 
     At test start the thresholds.yaml written here is read back (rank 0) and broadcast to every process
@@ -135,7 +136,8 @@ class TuneThresholds(L.Callback):
             log.warning("threshold tuning skipped: no best checkpoint was saved")
             return
         (net,), (meta,) = load_nets([best], device=pl_module.device)
-        loader = trainer.datamodule.val_dataloader()
+        dm = trainer.datamodule
+        loader = dm.tune_dataloader() if hasattr(dm, "tune_dataloader") else dm.val_dataloader()
         k = len(meta.get("classes") or []) or None
         base = (
             PostprocessParams.from_dict(meta["postprocess"], num_classes=k)

@@ -83,6 +83,23 @@ def test_limits_and_the_test_stage(root):
     dm.setup("test")
     test_batches = list(dm.test_dataloader())
     assert sum(len(b["image_id"]) for b in test_batches) == 4
+    # threshold tuning sees the whole validation part, limit_val or not, in split order
+    tune_ids = [i for b in dm.tune_dataloader() for i in b["image_id"]]
+    assert tune_ids == dm.split["val"] and len(tune_ids) == 8
+    assert [i for b in dm.val_dataloader() for i in b["image_id"]] == dm.split["val"][:3]
+
+
+def test_defect_crops_only_in_training(root):
+    """data.defect_crop_p=1: every training crop of a defect image holds a defect, validation is whole."""
+    dm = make(root, defect_crop_p=1.0)
+    dm.setup("fit")
+    train_ids = dm.split["train"]
+    has_defect = dm.train_dataset.rles
+    for i in range(len(train_ids)):
+        item = dm.train_dataset[(i, 7)]
+        assert item["image"].shape == (3, 64, 128)
+        assert bool(item["labels"].any()) == any(has_defect[i])
+    assert dm.val_dataset.defect_crop_p == 0.0 and dm.val_dataset[0]["image"].shape == (3, 64, 320)
 
 
 def test_kfold_has_no_test_part(root):
@@ -148,6 +165,8 @@ def test_configuration_errors(root, tmp_path):
         make(root, augment={"rotate_p": 0.5})
     with pytest.raises(ValueError, match="unknown split kind"):
         make(root, split={"kind": "random"})
+    with pytest.raises(ValueError, match=r"data.defect_crop_p must be a probability in \[0, 1\], got 2"):
+        make(root, defect_crop_p=2)
     missing = make(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="absent"):
         missing.setup("fit")

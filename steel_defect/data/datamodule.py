@@ -87,8 +87,10 @@ class SteelDataModule(L.LightningDataModule):
     ``augment``: ``hflip_p``, ``vflip_p``, ``brightness_contrast_p`` (+ ``brightness_limit``,
     ``contrast_limit``). ``oversample``: ``{"power": p}`` -> weighted sampling of rare classes.
     ``copy_paste``: ``{"p", "power"}`` -> defects of rare classes pasted into training images (train only; see
-    ``steel_defect.data.copy_paste``).
-    ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos). ``synthetic``: keyword
+    ``steel_defect.data.copy_paste``). ``defect_crop_p``: the share of training crops placed on a defect of a
+    class drawn uniformly among the image's (``steel_defect.data.defect_crop``; the rest are random).
+    ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos; threshold tuning at fit
+    end still uses the whole validation part, :meth:`tune_dataloader`). ``synthetic``: keyword
     arguments of ``steel_defect.synthetic.generate_dataset`` (``shape`` defaults to ``shape``), used by
     ``prepare_data`` when the csv is absent.
     ``shape``: image size [H, W] (kaggle default ``DEFAULT_SHAPE``); with the folder layout null means
@@ -131,6 +133,7 @@ class SteelDataModule(L.LightningDataModule):
         masks: str = "masks",
         missing_mask: str = "error",
         crop_height: int | None = None,
+        defect_crop_p: float = 0.0,
     ) -> None:
         super().__init__()
         if root is None or str(root).strip() in ("", "???"):
@@ -162,6 +165,12 @@ class SteelDataModule(L.LightningDataModule):
             raise ValueError(f"data.shape must be [height, width], got {shape!r}")
         if self.shape is None:
             build_transforms("train", crop_height=crop_height, crop_width=crop_width, any_size=True)
+        if (
+            isinstance(defect_crop_p, bool)
+            or not isinstance(defect_crop_p, int | float)
+            or not (0.0 <= float(defect_crop_p) <= 1.0)
+        ):
+            raise ValueError(f"data.defect_crop_p must be a probability in [0, 1], got {defect_crop_p!r}")
         for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
             if value is not None and int(value) < 1:
                 raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
@@ -312,6 +321,10 @@ class SteelDataModule(L.LightningDataModule):
         transform = self._train_transform() if stage == "train" else build_transforms("val", shape=self.shape)
         blackout = float(hp.blackout_p) if stage == "train" else 0.0
         copy_paste = self.copy_paste if stage == "train" else None
+        if self.shape is None:
+            crop = (hp.crop_height, hp.crop_width)
+        else:
+            crop = (self._crop(hp.crop_height, 0), self._crop(hp.crop_width, 1))
         return SteelDataset(
             df,
             self.image_dir,
@@ -320,6 +333,8 @@ class SteelDataModule(L.LightningDataModule):
             blackout_p=blackout,
             seed=self._seed,
             copy_paste=copy_paste,
+            defect_crop_p=float(hp.defect_crop_p) if stage == "train" else 0.0,
+            crop=crop,
         )
 
     def _crop(self, crop: int | None, axis: int) -> int | None:
@@ -438,6 +453,14 @@ class SteelDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         val = self._require(self.val_dataset, "validate", "validation")
+        return self._loader(val, self.hparams.val_batch_size)
+
+    def tune_dataloader(self) -> DataLoader:
+        """The whole validation part, ``limit_val`` or not: threshold tuning at fit end searches per-class
+        gates, pixel thresholds and areas, which a few images per class would only overfit."""
+        val = self._require(self.val_dataset, "validate", "validation")
+        if self.hparams.limit_val is not None:
+            val = self._dataset(self._part("val"), "val")
         return self._loader(val, self.hparams.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:

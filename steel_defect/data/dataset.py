@@ -28,6 +28,7 @@ from steel_defect.data.copy_paste import (
     donor_pools,
     paste_defect,
 )
+from steel_defect.data.defect_crop import crop_to_defect
 from steel_defect.data.transforms import build_transforms
 from steel_defect.io import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from steel_defect.rle import rle_decode
@@ -76,6 +77,10 @@ class SteelDataset(Dataset):
     defect of another image of this dataset is pasted in with
     :func:`~steel_defect.data.copy_paste.paste_defect`, its class drawn with weight
     ``(1 / class frequency in this dataset) ** power``; a donor of another size than the image is skipped.
+    With probability ``defect_crop_p`` (training; after copy-paste, before ``transform``) the item is cut to a
+    ``crop`` = ``(height, width)`` window (None: that axis whole) holding a defect of a class drawn uniformly
+    among the image's (:func:`~steel_defect.data.defect_crop.crop_to_defect`): the transform's random crop
+    of the same size then keeps it whole.
 
     Randomness (blackout, copy-paste and the transform's own ``set_random_seed``) is re-derived from ``seed``
     and torch's seed in each process: every DataLoader worker (each epoch, without persistent workers) gets
@@ -92,6 +97,8 @@ class SteelDataset(Dataset):
         blackout_p: float = 0.0,
         seed: int = 0,
         copy_paste: Mapping[str, Any] | None = None,
+        defect_crop_p: float = 0.0,
+        crop: tuple[int | None, int | None] = (None, None),
     ) -> None:
         if "ImageId" not in df.columns:
             raise KeyError(f"SteelDataset needs an ImageId column; got {list(df.columns)}")
@@ -107,6 +114,10 @@ class SteelDataset(Dataset):
         self.shape = None if shape is None else (int(shape[0]), int(shape[1]))
         self.transform = transform if transform is not None else build_transforms("val", shape=self.shape)
         self.blackout_p = float(blackout_p)
+        if not 0.0 <= float(defect_crop_p) <= 1.0:
+            raise ValueError(f"defect_crop_p must be a probability in [0, 1], got {defect_crop_p!r}")
+        self.defect_crop_p = float(defect_crop_p)
+        self.crop = (crop[0], crop[1])
         self.seed = int(seed)
         self.copy_paste = copy_paste_config(copy_paste)
         self._paste_weights: np.ndarray | None = None
@@ -191,6 +202,8 @@ class SteelDataset(Dataset):
                 image, masks = blackout_defect(image, masks, int(rng.choice(present)), rng)
         if self._paste_weights is not None and rng.random() < self.copy_paste["p"]:
             image, masks = self._paste(index, image, masks, rng)
+        if self.defect_crop_p > 0.0 and rng.random() < self.defect_crop_p:
+            image, masks = crop_to_defect(image, masks, self.crop, rng)
         out = self.transform(image=image, mask=np.ascontiguousarray(masks.transpose(1, 2, 0)))
         image_t, mask_t = _to_tensors(out)
         labels = mask_t.flatten(1).amax(dim=1).gt(0).float()

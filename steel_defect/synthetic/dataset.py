@@ -43,7 +43,7 @@ _JPEG_QUALITY = 90
 #: Written last (after the CSVs): which generator made the set, and with which arguments.
 STAMP_NAME = "synthetic.json"
 #: Bumped whenever the images change for the same arguments (2: the realism-driven generator).
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _CSV_NAMES = ("train.csv", "test_labels.csv", "sample_submission.csv", STAMP_NAME)
 
 # ---------------------------------------------------------------------------------------------- dataset

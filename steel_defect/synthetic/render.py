@@ -10,8 +10,10 @@ Every size is drawn at the 256x1600 reference and scaled to the requested shape.
    number of objects from the real histogram and each object's bounding box (height, width, fill) from the
    real quantiles, with the real height/width rank correlation (Gaussian copula).
 3. Each object is a coarse polygon, as the real annotators drew, and the defect drawn inside it imitates its
-   class: 1 small bright/dark specks; 2 a thin vertical mark; 3 scratches along the rolling direction
-   (vertical lines) or, when wide, a rough bright/dark patch; 4 a dark rough pit region with a bright rim.
+   class: 1 one to three specks that fill much of the box (a bright core with a dark shadow); 2 a thin
+   vertical mark in relief (a bright and a dark line side by side, in dashes); 3 scratches along the rolling
+   direction (vertical lines) or, when wide, a rough bright/dark patch; 4 a dark rough pit region with a
+   bright rim.
 """
 
 from __future__ import annotations
@@ -253,21 +255,43 @@ def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -
     if not inner.any():
         inner = poly_mask.astype(bool)
     sign = 1.0 if rng.random() < 0.45 else -1.0
-    if cls == 1:  # a few small specks near the middle of a box much larger than them
-        for _ in range(int(rng.integers(1, 5))):
-            cx = int(np.clip(rng.normal(w / 2, w / 6), 0, w - 1))
-            cy = int(np.clip(rng.normal(h / 2, h / 6), 0, h - 1))
-            ax = (max(1, round(rng.uniform(1, 5) * g.sx)), max(1, round(rng.uniform(1, 9) * g.sy)))
-            amp = (sign if rng.random() < 0.8 else -sign) * rng.uniform(30, 90)
-            cv2.ellipse(delta, (cx, cy), ax, rng.uniform(0, 180), 0, 360, float(amp), -1, cv2.LINE_AA)
-        delta += _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(4, 12)) * inner
+    if cls == 1:  # one to three specks filling much of the box, as on real sheets: a bright core, a shadow
+        for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3]))):
+            cx = float(np.clip(rng.normal(w / 2, w / 8), 0, w - 1))
+            cy = float(np.clip(rng.normal(h / 2, h / 8), 0, h - 1))
+            ax = max(1.5 * g.sx, rng.uniform(0.08, 0.2) * w)
+            ay = max(2.0 * g.sy, rng.uniform(0.12, 0.28) * h)
+            angle = rng.normal(0.0, 15.0)
+            core = (round(cx), round(cy)), (max(1, round(ax)), max(1, round(ay)))
+            cv2.ellipse(delta, *core, angle, 0, 360, float(rng.uniform(50, 120)), -1, cv2.LINE_AA)
+            if rng.random() < 0.7:  # the dark side of the pit, above or below the bright core
+                dy = (1 if rng.random() < 0.5 else -1) * 0.9 * ay
+                shadow = (round(cx), round(cy + dy)), (max(1, round(ax * 0.8)), max(1, round(ay * 0.6)))
+                cv2.ellipse(delta, *shadow, angle, 0, 360, float(-rng.uniform(30, 80)), -1, cv2.LINE_AA)
+        rough = 0.6 + 0.4 * np.clip(_speckle(rng, (h, w), 1.0) + 0.5, 0.0, 1.0)  # no flat, saturated blobs
+        delta = delta * rough + _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(4, 12)) * inner
         return cv2.GaussianBlur(delta, (0, 0), 0.7)
-    if cls in (2, 3) and (cls == 2 or h >= 2 * w):  # vertical marks / scratches along the rolling direction
-        n_lines = 1 if cls == 2 else int(rng.choice([1, 1, 2, 3]))
-        for _ in range(n_lines):
+    if cls == 2:  # a thin vertical mark in relief: a bright and a dark line side by side, in dashes
+        x = rng.uniform(0.35, 0.65) * w
+        wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 1.5) * g.sx)
+        thick = max(1, round(rng.uniform(1.5, 3.5) * g.sx))
+        y0, y1 = int(rng.uniform(0, 0.15) * h), int(h - rng.uniform(0, 0.15) * h)
+        xs = x + wobble[y0:y1]
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        dashes = np.clip(_profile(rng, h, [h / 8.0, h / 30.0], [1.0, 0.6]) + 0.6, 0.15, 1.0)
+        amp = rng.uniform(50, 110)
+        for offset, sgn in ((0.0, 1.0), (side * (thick + 1.0), -1.0)):
+            pts = np.stack([np.round(xs + offset).astype(np.int32), np.arange(y0, y1, dtype=np.int32)], 1)
+            line = np.zeros((h, w), np.float32)
+            cv2.polylines(line, [pts.reshape(-1, 1, 2)], False, 1.0, thick, cv2.LINE_AA)
+            delta += line * dashes[:, None] * np.float32(sgn * amp)
+        delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
+        return cv2.GaussianBlur(delta, (0, 0), 0.6)
+    if cls == 3 and h >= 2 * w:  # tall: scratches along the rolling direction (vertical lines)
+        for _ in range(int(rng.choice([1, 1, 2, 3]))):
             x = rng.uniform(0.3, 0.7) * w
             wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 2.5) * g.sx)
-            thick = max(1, round(rng.uniform(1.0, 4.5 if cls == 3 else 5.0) * g.sx))
+            thick = max(1, round(rng.uniform(1.0, 4.5) * g.sx))
             y0 = int(rng.uniform(0, 0.25) * h)
             y1 = int(h - rng.uniform(0, 0.25) * h)
             xs = np.round(x + wobble[y0:y1]).astype(np.int32)
