@@ -42,7 +42,8 @@ _SPLITS = {"train": 0, "test": 1}
 _JPEG_QUALITY = 90
 #: Written last (after the CSVs): which generator made the set, and with which arguments.
 STAMP_NAME = "synthetic.json"
-#: Bumped whenever the images change for the same arguments (2: the realism-driven generator).
+#: Bumped whenever the images change for the same arguments (2: the realism-driven generator; 3: class-1
+#: specks that fill their box, class-2 marks in relief).
 GENERATOR_VERSION = 3
 _CSV_NAMES = ("train.csv", "test_labels.csv", "sample_submission.csv", STAMP_NAME)
 
