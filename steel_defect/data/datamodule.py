@@ -303,11 +303,10 @@ class SteelDataModule(L.LightningDataModule):
 
     def _train_transform(self) -> Any:
         """The training augmentation pipeline (train split and pseudo-labelled images alike)."""
-        hp = self.hparams
+        crop_height, crop_width = self._crop_size()
+        crop = {"crop_height": crop_height, "crop_width": crop_width}
         if self.shape is None:
-            crop = {"crop_height": hp.crop_height, "crop_width": hp.crop_width, "any_size": True}
-        else:
-            crop = {"crop_height": self._crop(hp.crop_height, 0), "crop_width": self._crop(hp.crop_width, 1)}
+            crop["any_size"] = True
         return build_transforms("train", shape=self.shape, **crop, **self.augment)
 
     @property
@@ -321,10 +320,6 @@ class SteelDataModule(L.LightningDataModule):
         transform = self._train_transform() if stage == "train" else build_transforms("val", shape=self.shape)
         blackout = float(hp.blackout_p) if stage == "train" else 0.0
         copy_paste = self.copy_paste if stage == "train" else None
-        if self.shape is None:
-            crop = (hp.crop_height, hp.crop_width)
-        else:
-            crop = (self._crop(hp.crop_height, 0), self._crop(hp.crop_width, 1))
         return SteelDataset(
             df,
             self.image_dir,
@@ -334,8 +329,16 @@ class SteelDataModule(L.LightningDataModule):
             seed=self._seed,
             copy_paste=copy_paste,
             defect_crop_p=float(hp.defect_crop_p) if stage == "train" else 0.0,
-            crop=crop,
+            crop=self._crop_size(),
         )
+
+    def _crop_size(self) -> tuple[int | None, int | None]:
+        """The training crop ``(height, width)``: as configured for images of any size; for the fixed image
+        shape, None along an axis the crop does not shrink."""
+        hp = self.hparams
+        if self.shape is None:
+            return hp.crop_height, hp.crop_width
+        return self._crop(hp.crop_height, 0), self._crop(hp.crop_width, 1)
 
     def _crop(self, crop: int | None, axis: int) -> int | None:
         """A crop size along ``axis`` of the fixed image shape (None: no crop along it)."""
