@@ -43,8 +43,8 @@ _JPEG_QUALITY = 90
 #: Written last (after the CSVs): which generator made the set, and with which arguments.
 STAMP_NAME = "synthetic.json"
 #: Bumped whenever the images change for the same arguments (2: the realism-driven generator; 3: class-1
-#: specks that fill their box, class-2 marks in relief).
-GENERATOR_VERSION = 3
+#: specks that fill their box, class-2 marks in relief; 4: unlabelled look-alikes, ``synthetic/clutter.py``).
+GENERATOR_VERSION = 4
 _CSV_NAMES = ("train.csv", "test_labels.csv", "sample_submission.csv", STAMP_NAME)
 
 # ---------------------------------------------------------------------------------------------- dataset

@@ -1,10 +1,11 @@
-"""Rendering one synthetic steel image and its masks (generator v2), driven by ``params.json``.
+"""Rendering one synthetic steel image and its masks (generator v4), driven by ``params.json``.
 
 Every size is drawn at the 256x1600 reference and scaled to the requested shape. Per image:
 
 1. Steel: grey level, vertical rolling streaks (column profile + vertically elongated mottling), a
-   top-to-bottom illumination profile, fine grain; unlabelled look-alikes that real sheets show (dark
-   vertical stains, bright white splashes); an off-steel black band at one side for about half the images.
+   top-to-bottom illumination profile, fine grain; unlabelled look-alikes that real sheets show (stains,
+   splashes, pits, zones, glare, patterned plates, scale: :mod:`steel_defect.synthetic.clutter`); an
+   off-steel black band at one side for about half the images.
    Their strengths are drawn from the real quantiles (``params["texture"]``, ``params["band"]``).
 2. Labels: the set of classes is drawn from the real per-image class-set probabilities; per class the
    number of objects from the real histogram and each object's bounding box (height, width, fill) from the
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 
 from steel_defect import DEFAULT_SHAPE
+from steel_defect.synthetic.clutter import clutter
 from steel_defect.synthetic.params import load_params, sample_quantiles
 
 __all__ = ["CLASS_MIXES", "MIN_SHAPE", "check_shape", "class_set_probs", "render_sample"]
@@ -125,33 +127,11 @@ def _steel(rng: np.random.Generator, g: _Geom, tex: dict) -> np.ndarray:
     amp = grain * 2.0 * math.sqrt(12.0) / 0.75  # 2.0: what JPEG at quality 90 takes away (measured)
     cv2.scaleAdd(noise, float(amp), img, dst=img)
     img -= np.float32(amp * 0.5)
-    _stains(rng, g, img, col_std)
+    clutter(rng, g.sy, g.sx, img, col_std)
     # Lit steel never reads flat black (that is the off-steel band): a soft floor keeps the texture.
     low = img < _FLOOR
     img[low] = _FLOOR - _SOFT + _SOFT * np.exp((img[low] - _FLOOR) / _SOFT)
     return img
-
-
-def _stains(rng: np.random.Generator, g: _Geom, img: np.ndarray, strength: float) -> None:
-    """Unlabelled look-alikes of real sheets: dark vertical stains and (rarely) bright white splashes."""
-    h, w = g.h, g.w
-    # Dark vertical stains are on most real sheets and carry no label: many, often the full height.
-    for _ in range(int(rng.choice([0, 1, 2, 3, 4, 6, 8, 12]))):
-        sh = int(np.clip((256 if rng.random() < 0.4 else rng.uniform(40, 256)) * g.sy, 4, h))
-        sw = int(np.clip(rng.uniform(6, 70) * g.sx, 4, w))
-        f = _field(rng, sh, sw, max(2, sh // max(1, round(24 * g.sy))), max(2, sw // max(1, round(6 * g.sx))))
-        taper = np.sqrt(np.clip(np.sin(np.linspace(0, math.pi, sw, dtype=np.float32)), 0, 1))[None, :]
-        shape = np.clip(f * taper - rng.uniform(0.0, 0.6), 0, None)
-        y0, x0 = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
-        img[y0 : y0 + sh, x0 : x0 + sw] -= shape * np.float32(rng.uniform(0.8, 2.0) * max(strength, 10.0))
-    if rng.random() < 0.12:
-        n = int(rng.integers(3, 12))
-        cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.2, 0.8) * h
-        for _ in range(n):
-            x = int(cx + rng.normal(0, 60 * g.sx))
-            y = int(cy + rng.normal(0, 60 * g.sy))
-            axes = (max(1, round(rng.uniform(2, 12) * g.sx)), max(1, round(rng.uniform(3, 20) * g.sy)))
-            cv2.ellipse(img, (x, y), axes, rng.uniform(0, 180), 0, 360, float(rng.uniform(200, 255)), -1)
 
 
 def _band(
