@@ -22,15 +22,12 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
+from steel_defect.synthetic.noise import field
+
 __all__ = ["SHARES", "clutter", "stains"]
 
 #: Per image, the chance of each look-alike (from the 89 unlabelled real test images, rounded).
 SHARES = {"splashes": 0.12, "marks": 0.5, "zones": 0.3, "glare": 0.08, "pattern": 0.06, "scale": 0.03}
-
-
-def _field(rng: np.random.Generator, h: int, w: int, gh: int, gw: int) -> np.ndarray:
-    grid = rng.standard_normal((max(2, gh), max(2, gw)), dtype=np.float32)
-    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def stains(rng: np.random.Generator, sy: float, sx: float, img: np.ndarray, strength: float) -> None:
@@ -39,13 +36,7 @@ def stains(rng: np.random.Generator, sy: float, sx: float, img: np.ndarray, stre
     for _ in range(int(rng.choice([0, 1, 2, 3, 4, 6, 8, 12]))):
         sh = int(np.clip((256 if rng.random() < 0.4 else rng.uniform(40, 256)) * sy, 4, h))
         sw = int(np.clip(rng.uniform(6, 70) * sx, 4, w))
-        f = cv2.resize(
-            rng.standard_normal(
-                (max(2, sh // max(1, round(24 * sy))), max(2, sw // max(1, round(6 * sx)))), dtype=np.float32
-            ),
-            (sw, sh),
-            interpolation=cv2.INTER_CUBIC,
-        )
+        f = field(rng, sh, sw, sh // max(1, round(24 * sy)), sw // max(1, round(6 * sx)))
         taper = np.sqrt(np.clip(np.sin(np.linspace(0, math.pi, sw, dtype=np.float32)), 0, 1))[None, :]
         shape = np.clip(f * taper - rng.uniform(0.0, 0.6), 0, None)
         y0, x0 = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
@@ -147,16 +138,16 @@ def _tread(rng: np.random.Generator, sy: float, sx: float, img: np.ndarray, leve
             cv2.ellipse(layer, centre, (ax, ay), angle, 0, 360, -amp, -1, cv2.LINE_AA)
             lip = (int(cx + 0.3 * ay), int(cy - 1.2 * ay))
             cv2.ellipse(layer, lip, (ax, max(1, ay // 2)), angle, 0, 360, 0.6 * amp, -1, cv2.LINE_AA)
-    shade = 0.6 + 0.4 * np.clip(_field(rng, h, w, 3, 10) * 0.5 + 0.5, 0, 1)
+    shade = 0.6 + 0.4 * np.clip(field(rng, h, w, 3, 10, cubic=False) * 0.5 + 0.5, 0, 1)
     img += cv2.GaussianBlur(layer, (0, 0), 1.2 * math.sqrt(sx * sy)) * shade
 
 
 def _scale(rng: np.random.Generator, sy: float, sx: float, img: np.ndarray, level: float) -> None:
     """A sheet covered in mottled scale: high-contrast bright/dark flakes, streaked along the height."""
     h, w = img.shape
-    flakes = _field(rng, h, w, round(h / (6 * sy)), round(w / (4 * sx)))
+    flakes = field(rng, h, w, round(h / (6 * sy)), round(w / (4 * sx)), cubic=False)
     flakes = np.tanh(2.0 * flakes)
-    zones = 0.5 + 0.5 * np.clip(_field(rng, h, w, 2, round(w / (120 * sx))) * 0.6 + 0.5, 0, 1)
+    zones = 0.5 + 0.5 * np.clip(field(rng, h, w, 2, round(w / (120 * sx)), cubic=False) * 0.6 + 0.5, 0, 1)
     img += flakes * zones * np.float32(rng.uniform(0.25, 0.6) * level)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from steel_defect import DEFAULT_SHAPE
 from steel_defect.synthetic.clutter import clutter
+from steel_defect.synthetic.noise import field
 from steel_defect.synthetic.params import load_params, sample_quantiles
 
 __all__ = ["CLASS_MIXES", "MIN_SHAPE", "check_shape", "class_set_probs", "render_sample"]
@@ -71,12 +72,6 @@ def _phi(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
-def _field(rng: np.random.Generator, h: int, w: int, gh: int, gw: int, cubic: bool = True) -> np.ndarray:
-    """Smooth zero-mean, unit-std-ish random field: a (gh, gw) normal grid resized to (h, w)."""
-    grid = rng.standard_normal((max(2, gh), max(2, gw)), dtype=np.float32)
-    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR)
-
-
 def _profile(
     rng: np.random.Generator, n: int, scales: Sequence[float], weights: Sequence[float]
 ) -> np.ndarray:
@@ -113,13 +108,13 @@ def _steel(rng: np.random.Generator, g: _Geom, tex: dict) -> np.ndarray:
     img = np.add.outer(row, col)
     img += np.float32(mean)
     # Vertically elongated mottling: streaks that come and go along the height.
-    mott = _field(rng, h, w, max(2, round(h / (32 * g.sy))), max(2, round(w / (8 * g.sx))), cubic=False)
+    mott = field(rng, h, w, max(2, round(h / (32 * g.sy))), max(2, round(w / (8 * g.sx))), cubic=False)
     cv2.scaleAdd(mott, float(rng.uniform(0.2, 0.45) * col_std), img, dst=img)
     # Isotropic mottling at a few pixels: the rough, pitted look of rolled steel.
-    iso = _field(rng, h, w, max(2, round(h / (5 * g.sy))), max(2, round(w / (5 * g.sx))), cubic=False)
+    iso = field(rng, h, w, max(2, round(h / (5 * g.sy))), max(2, round(w / (5 * g.sx))), cubic=False)
     cv2.scaleAdd(iso, float(rng.uniform(0.15, 0.35) * col_std), img, dst=img)
     # Large-scale illumination blotches.
-    cv2.scaleAdd(_field(rng, h, w, 3, 8), float(rng.uniform(0.1, 0.35) * row_std), img, dst=img)
+    cv2.scaleAdd(field(rng, h, w, 3, 8), float(rng.uniform(0.1, 0.35) * row_std), img, dst=img)
     # Fine grain: mildly correlated noise (the sensor + JPEG blur), std as the real grain (uniform noise,
     # std 1/sqrt(12), blurred: about 0.75 of that is left).
     noise = rng.random((h, w), dtype=np.float32)
@@ -284,7 +279,7 @@ def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -
         delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
         return cv2.GaussianBlur(delta, (0, 0), 0.6)
     if cls == 3:  # wide: a rough bright/dark patch with streaks along the height
-        rough = _field(rng, h, w, max(2, h // max(1, round(20 * g.sy))), max(2, w // max(1, round(5 * g.sx))))
+        rough = field(rng, h, w, max(2, h // max(1, round(20 * g.sy))), max(2, w // max(1, round(5 * g.sx))))
         region = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), 1.5)
         amp = rng.uniform(20, 55)
         delta += region * (np.float32(sign * amp * 0.6) + rough * np.float32(amp * 0.7))
@@ -309,9 +304,9 @@ def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -
     core = cv2.erode(poly_mask, np.ones((3, 3), np.uint8), iterations=max(1, round(4 * g.s)))
     if not core.any():
         core = inner.astype(np.uint8)
-    ragged = _field(rng, h, w, max(2, h // 12), max(2, w // 12)) > rng.uniform(-1.2, -0.4)
+    ragged = field(rng, h, w, max(2, h // 12), max(2, w // 12)) > rng.uniform(-1.2, -0.4)
     region = cv2.GaussianBlur((core.astype(bool) & ragged).astype(np.float32), (0, 0), 1.2)
-    rough = _field(rng, h, w, max(2, h // 6), max(2, w // 6))
+    rough = field(rng, h, w, max(2, h // 6), max(2, w // 6))
     amp = rng.uniform(30, 75)
     delta -= region * np.float32(amp) * (0.8 + 0.35 * rough)
     delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(6, 18)) * region
