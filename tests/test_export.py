@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, SMALL_SHAPE
+from tests.conftest import REPO, SMALL_SHAPE, TINY_NET
 from tests.test_kaggle import make_tiny_checkpoint, separated_thresholds
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
@@ -53,7 +53,7 @@ def tiny_net():
     from steel_defect.models.factory import build_model
 
     torch.manual_seed(0)
-    return build_model({"encoder_name": "resnet18", "encoder_weights": None}).eval()
+    return build_model(TINY_NET).eval()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def head_net():
     from steel_defect.models.factory import build_model
 
     torch.manual_seed(1)
-    return build_model({"encoder_name": "resnet18", "encoder_weights": None, "image_head": True}).eval()
+    return build_model({**TINY_NET, "image_head": True}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt", image_head=image_head)
     images = small_synthetic / "test_images"
     net, _ = load_net_from_checkpoint(ckpt)
-    separated_thresholds(net, images, ckpt.parent / "thresholds.yaml")
+    separated_thresholds(net, images, ckpt.parent / "thresholds.yaml", tta=["hflip"])
     assert (load_thresholds(ckpt.parent / "thresholds.yaml").img_source == "image_head") is image_head
     onnx_path = tmp_path / "run" / "tiny.onnx"
 

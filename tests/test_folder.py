@@ -15,6 +15,7 @@ import yaml
 from steel_defect.data.annotations import AnnotationError, rle_columns
 from steel_defect.data.folder import load_folder_annotations
 from steel_defect.rle import rle_decode
+from tests.conftest import TINY_NET
 from tests.test_train import compose_train
 
 # Not Severstal's 256x1600, and not one size: every image is predicted and evaluated at its own size.
@@ -208,7 +209,7 @@ def test_size_batches_survive_lightnings_distributed_sampler(tmp_path):
 def test_module_follows_the_class_names_and_refuses_a_mismatch():
     from steel_defect.models import SteelDefectModule
 
-    net = {"encoder_name": "resnet18", "encoder_weights": None, "classes": None, "image_head": True}
+    net = {**TINY_NET, "classes": None, "image_head": True}
     module = SteelDefectModule(net=net, class_names=["a", "b", "c", "d", "e", "f"])
     masks, classes, image = module(torch.rand(1, 3, 64, 96))
     assert masks.shape == (1, 6, 64, 96) and classes.shape == (1, 6) and image.shape == (1,)

@@ -36,10 +36,10 @@ from steel_defect.report import (
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.submission import read_submission, write_submission
 from steel_defect.thresholds import resolve_thresholds
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import REPO, SAMPLES, TINY_NET
 
 SHAPE = (64, 320)
-TINY_NET = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None, "classes": 4}
+TINY_NET = {**TINY_NET, "classes": 4}
 _RUNS: dict[str, dict[str, Path]] = {}
 
 
@@ -740,7 +740,7 @@ def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
     images = run_files["data"] / "test_images"
     ref, _ = load_nets([run_files["a"]], runtime="torch")
     fast, _ = load_nets([run_files["a"]], runtime="auto")
-    assert fast[0].model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast[0].model.encoder.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 3, *SHAPE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for a, b in zip(predict_batch(ref, x)[:2], predict_batch(fast, x)[:2], strict=True):

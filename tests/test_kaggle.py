@@ -43,9 +43,8 @@ from steel_defect.kaggle import (
     slim_checkpoint,
     wheel_from_installed,
 )
-from tests.conftest import REPO, SMALL_SHAPE
+from tests.conftest import REPO, SMALL_SHAPE, TINY_NET
 
-TINY_NET = {"encoder_name": "resnet18", "encoder_weights": None}
 H, W = SMALL_SHAPE
 #: Same prediction settings for kernel.py and predict.py.
 PREDICT = {"batch_size": 3, "num_workers": 0, "tta": ["hflip"], "device": "cpu"}
@@ -84,9 +83,12 @@ def make_tiny_checkpoint(path: Path, image_head: bool = False) -> Path:
     return path
 
 
-def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, margin: float = 1e-4) -> Path:
-    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities on the
-    images (none within ``margin``), so that runtimes agreeing to ~1e-6 give identical masks, and that
+def separated_thresholds(
+    net: torch.nn.Module, images_dir: Path, out: Path, tta: list[str], margin: float = 1e-4
+) -> Path:
+    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities (with the
+    predictions' ``tta``) on the images (none within ``margin``), so that runtimes agreeing to ~1e-6 give
+    identical masks, and that
     still gives non-empty masks (about the top 10% of pixels per class, most classes kept). For a net with
     an image head, the image gate uses it too (t_img in a gap of its probabilities, most images kept)."""
     from steel_defect.data.dataset import PredictDataset
@@ -95,7 +97,7 @@ def separated_thresholds(net: torch.nn.Module, images_dir: Path, out: Path, marg
 
     ds = PredictDataset(images_dir)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    mask_probs, class_probs, image_probs = predict_batch(net, x)
+    mask_probs, class_probs, image_probs = predict_batch(net, x, tta=tta)
 
     def gap_near(values: np.ndarray, q: float) -> float:
         v = np.unique(values.astype(np.float64))
@@ -229,7 +231,7 @@ def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
     ckpt = make_tiny_checkpoint(root / "run" / "checkpoints" / "tiny.ckpt", image_head=True)
     images = small_synthetic / "test_images"
     net, _ = load_net_from_checkpoint(ckpt)
-    thresholds = separated_thresholds(net, images, ckpt.parent / "thresholds.yaml")
+    thresholds = separated_thresholds(net, images, ckpt.parent / "thresholds.yaml", tta=PREDICT["tta"])
     return {"root": root, "ckpt": ckpt, "images": images, "thresholds": thresholds}
 
 
@@ -404,7 +406,7 @@ def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
     images = small_synthetic / "test_images"
     net, _ = load_net_from_checkpoint(ckpt)
     assert net.image_head is image_head
-    thresholds = separated_thresholds(net, images, bundle / "thresholds.yaml")
+    thresholds = separated_thresholds(net, images, bundle / "thresholds.yaml", tta=PREDICT["tta"])
     params = load_thresholds(thresholds)
     assert (params.t_img is not None, params.img_source) == (
         (True, "image_head") if image_head else (False, "max_cls")

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from steel_defect.models import SteelDefectModule, load_net_from_checkpoint
 from steel_defect.models.module import cosine_warmup_factor
 from steel_defect.postprocess import PostprocessParams
+from tests.conftest import TINY_NET
 
 H, W = 64, 128
-NET = {"arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None}
+NET = TINY_NET
 PP_RAW = PostprocessParams.disabled().to_dict()
 
 
@@ -164,7 +165,7 @@ def test_test_step_mirrors_validation(tmp_path, fitted):
 
 def test_overfitting_one_batch_lowers_the_loss(tmp_path):
     L.seed_everything(2, verbose=False)
-    module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-3}, scheduler={"name": "none"})
+    module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-2}, scheduler={"name": "none"})
     losses: list[float] = []
 
     class Record(L.Callback):
@@ -324,7 +325,7 @@ def test_channels_last_gives_the_same_outputs(tmp_path):
     fast.load_state_dict(plain.state_dict())
     a = _trainer(tmp_path).validate(plain, dataloaders=_loader(2), verbose=False)[0]
     b = _trainer(tmp_path).validate(fast, dataloaders=_loader(2), verbose=False)[0]
-    assert fast.net.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.net.model.encoder.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert b["val/dice"] == pytest.approx(a["val/dice"], abs=1e-6)
     assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
 

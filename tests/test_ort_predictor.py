@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import REPO, TINY_NET  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,7 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ort")
     torch.manual_seed(0)
-    net = build_model(
-        {"encoder_name": "resnet18", "encoder_weights": None, "image_head": True, "classes": 3}
-    ).eval()
+    net = build_model({**TINY_NET, "image_head": True, "classes": 3}).eval()
     with torch.no_grad():  # a bias that makes some pixels and classes positive: masks are not all empty
         net.model.segmentation_head[0].bias.fill_(0.1)
     onnx = export_onnx(
@@ -146,7 +144,7 @@ def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
     from steel_defect.ort_predictor import OrtPredictor
     from steel_defect.predictor import Predictor
 
-    net = build_model({"encoder_name": "resnet18", "encoder_weights": None, "classes": 3}).eval()
+    net = build_model({**TINY_NET, "classes": 3}).eval()
     path = export_onnx(net, tmp_path / "bare.onnx", height=64, width=128, meta=None)
     assert (
         OrtPredictor.load([path]).classes == Predictor.load(path, runtime="onnx").classes == ["1", "2", "3"]

@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from steel_defect.export import OnnxNet, export_onnx  # noqa: E402
 from steel_defect.quantize import calibration_crops, quantize_onnx  # noqa: E402
+from tests.conftest import TINY_NET  # noqa: E402
 
 H = 64
 
@@ -41,7 +42,7 @@ def exported(tmp_path_factory) -> tuple[Path, torch.nn.Module, list[Path]]:
     root = tmp_path_factory.mktemp("quant")
     images = _images(root / "images", n=8)
     torch.manual_seed(0)
-    net = build_model({"encoder_name": "resnet18", "encoder_weights": None, "image_head": True, "classes": 2})
+    net = build_model({**TINY_NET, "image_head": True, "classes": 2})
     batch = torch.stack(
         [torch.from_numpy(cv2.imread(str(p))[:, :160]).permute(2, 0, 1).float() / 255 for p in images]
     )
