@@ -47,9 +47,8 @@ def test_the_average_follows_the_decay(tmp_path):
     _, _, best_slow, _ = _fit_with_ema(tmp_path / "slow", decay=0.999999)
     _, _, best_fast, _ = _fit_with_ema(tmp_path / "fast", decay=1e-6)
     slow, fast = (torch.load(p, weights_only=True) for p in (best_slow, best_fast))
-    key = (
-        "net.model.encoder.model.conv_stem.weight"  # a trained parameter (net.mean/std are constant buffers)
-    )
+    # a trained parameter (net.mean/std are constant buffers)
+    key = "net.model.encoder.model.conv_stem.weight"
     gap_slow = (slow["state_dict"][key] - slow["current_model_state"][key]).abs().max()
     gap_fast = (fast["state_dict"][key] - fast["current_model_state"][key]).abs().max()
     assert gap_fast < 1e-4 < gap_slow

@@ -86,11 +86,11 @@ def make_tiny_checkpoint(path: Path, image_head: bool = False) -> Path:
 def separated_thresholds(
     net: torch.nn.Module, images_dir: Path, out: Path, tta: list[str], margin: float = 1e-4
 ) -> Path:
-    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities (with the
+    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities (under the
     predictions' ``tta``) on the images (none within ``margin``), so that runtimes agreeing to ~1e-6 give
-    identical masks, and that
-    still gives non-empty masks (about the top 10% of pixels per class, most classes kept). For a net with
-    an image head, the image gate uses it too (t_img in a gap of its probabilities, most images kept)."""
+    identical masks, and that still gives non-empty masks (about the top 10% of pixels per class, most
+    classes kept). For a net with an image head, the image gate uses it too (t_img in a gap of its
+    probabilities, most images kept)."""
     from steel_defect.data.dataset import PredictDataset
     from steel_defect.postprocess import PostprocessParams, save_thresholds
     from steel_defect.predictor import predict_batch
