@@ -12,8 +12,9 @@ Only this path imports Lightning; plain prediction does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from steel_defect.guard import UnsafeWriteError
 
 __all__ = ["run_distributed"]
 
@@ -84,6 +87,18 @@ def merge_parts(parts: Path, world_size: int) -> list[tuple[str, list[str], bool
     return [rows[k] for k in sorted(rows)]
 
 
+_PART_RE = re.compile(r"^rank\d+\.(json|tmp)$")
+
+
+def remove_parts(parts: Path, world_size: int) -> None:
+    """Delete the per-process files (and the folder once empty): never anything else that is there."""
+    for rank in range(world_size):
+        (parts / f"rank{rank}.json").unlink(missing_ok=True)
+        (parts / f"rank{rank}.tmp").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        parts.rmdir()
+
+
 def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """task=predict with ``trainer=...``: the submission ``c.out`` from every process's share."""
     from steel_defect.inference import _images_dir
@@ -99,6 +114,12 @@ def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
     params, source = checked_thresholds(c.thresholds, c.ckpt, nets, metas, c.tta, c.check_thresholds)
     loader = prediction_loader(images, nets, c.batch_size, c.num_workers)
     parts = Path(str(c.out) + ".parts")
+    foreign = sorted(p.name for p in parts.iterdir() if not _PART_RE.match(p.name)) if parts.is_dir() else []
+    if foreign or (parts.exists() and not parts.is_dir()):
+        raise UnsafeWriteError(
+            f"{parts} (the per-process folder of out={c.out}) exists and holds files this command did not "
+            f"write ({foreign[:3] or 'it is not a folder'}): refusing to use it; move it away"
+        )
     trainer = L.Trainer(**kwargs, **_FORCED, callbacks=[_PartWriter(parts)])
     module = _PredictModule(nets, params, c.tta, amp=c.amp and trainer.strategy.root_device.type == "cuda")
     trainer.predict(module, dataloaders=loader, return_predictions=False)
@@ -110,7 +131,7 @@ def run_distributed(c: Any, trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
             ((i, r) for i, r, _ in rows), c.out, c.format, num_classes=params.num_classes
         )
         summary["unreadable"] = [i for i, _, ok in rows if not ok]
-        shutil.rmtree(parts, ignore_errors=True)
+        remove_parts(parts, trainer.world_size)
         print(
             f"wrote {c.out}: {summary['images']} images from {trainer.world_size} processes; thresholds: {source}",
             flush=True,

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from steel_defect import NUM_CLASSES
+from steel_defect.guard import refuse_unless_own
 from steel_defect.io import atomic_write
 from steel_defect.predict_config import PredictConfig, parse_config
 from steel_defect.predictor import Predictor, collect_tuning_stats, load_nets
 from steel_defect.submission import format_summary, run_summary, write_submission
+from steel_defect.task_outputs import check_task_outputs, is_evaluation_file
 from steel_defect.thresholds import (
     THRESHOLDS_FILE,
     check_thresholds_binding,
@@ -292,6 +294,7 @@ def run_predict(c: PredictConfig, console: Any = None) -> dict[str, Any]:
             "params": params.to_dict(),
             **summary["evaluation"],
         }
+        refuse_unless_own(path, is_evaluation_file, what="out", kind="task=evaluate report (evaluation.json)")
         with atomic_write(path, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
             fh.write("\n")
@@ -479,6 +482,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = dict(cfg)
     trainer_cfg = cfg.pop("trainer", None)
     c = parse_config(cfg)
+    check_task_outputs(c)  # before anything runs: no output onto an input, none replacing another kind
     if trainer_cfg is not None:
         if not isinstance(trainer_cfg, Mapping):
             raise ValueError(

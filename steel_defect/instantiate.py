@@ -62,7 +62,17 @@ def validate_config(cfg: DictConfig) -> None:
             f"missing mandatory config value(s): {', '.join(missing)} (set them on the command line)"
         )
     data = cfg.get("data")
-    if data is not None and data.get("synthetic") is None:
+    if data is not None and str(data.get("_target_", "")).endswith("SyntheticDataModule"):
+        from steel_defect.synthetic.dataset import check_out
+
+        check_out(Path(str(data.root)), overwrite=True)  # refuses, at start, a root holding anyone's data
+    elif data is not None:
+        if data.get("synthetic") is not None:
+            raise ValueError(
+                f"data.synthetic is set, but data={'folder' if data.get('layout') == 'folder' else 'severstal'} "
+                f"reads real images from data.root={data.get('root')} and never generates anything: drop "
+                "data.synthetic (or use data=synthetic with data.root at a new or empty folder)"
+            )
         folder = data.get("layout", "kaggle") == "folder"
         needed = ["data.root=DIR"] if data.get("root") is None else []
         if folder and not data.get("classes"):

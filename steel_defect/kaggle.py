@@ -25,6 +25,11 @@ thresholds.yaml beside the first checkpoint, refused when there is none | PATH |
 project wheel instead of building this checkout), ``runtime`` (``torch``, or ``onnx``: ``DIR/models/*.onnx``
 instead of checkpoints, an onnxruntime wheel instead of smp/Hydra, and a kernel that never imports torch),
 ``height`` (the ONNX models' input height, default 256).
+
+``out`` is checked before anything is written: it may not be ``/``, ``~``, the working directory or a
+folder above it, nor be or hold an input (a checkpoint, the thresholds file, ``project_wheel``). An
+existing non-empty ``out`` is replaced only with ``overwrite=true`` and only when it is a bundle (it holds
+``steel_defect_bundle.json``); any other folder or file is refused, even with ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from steel_defect import __version__
+from steel_defect.guard import UnsafeWriteError, refuse_broad_dir, refuse_onto_inputs
 from steel_defect.io import atomic_save, atomic_write
 from steel_defect.wheels import (
     _sha256_file,
@@ -61,6 +67,8 @@ __all__ = [
     "MANIFEST_NAME",
     "build_bundle",
     "build_project_wheel",
+    "check_bundle_out",
+    "is_bundle",
     "kernel_source",
     "main",
     "notebook_json",
@@ -329,16 +337,59 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return [f"{i}_{n}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and out.is_dir() and not any(out.iterdir()):
+def is_bundle(path: Path) -> bool:
+    """True when the folder ``path`` holds a bundle manifest (:data:`MANIFEST_NAME`) that is a JSON object."""
+    manifest = path / MANIFEST_NAME
+    if manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict)
+
+
+def check_bundle_out(out: Path, inputs: Sequence[Path | None], overwrite: bool) -> None:
+    """Refuse an ``out`` that ``build_bundle`` may not write (before anything is written).
+
+    Refused even with ``overwrite``: ``/``, the home folder, the working directory or a folder above it; an
+    ``out`` that is or holds an input (a checkpoint, the thresholds file, the project wheel); a symbolic
+    link or a file; an existing non-empty folder that is not a bundle (no :data:`MANIFEST_NAME`). An existing
+    bundle is replaced only with ``overwrite``; an empty folder is always used.
+    """
+    refuse_broad_dir(out, what="out")
+    refuse_onto_inputs(out, what="out", inputs=inputs)
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UnsafeWriteError(
+            f"out={out} exists and is {'a symbolic link' if out.is_symlink() else 'not a folder'}: refusing "
+            "to replace it (nothing was written); choose another out folder"
+        )
+    if not any(out.iterdir()):
+        return
+    if not is_bundle(out):
+        raise UnsafeWriteError(
+            f"out={out} is a non-empty folder that is not a Kaggle bundle (no {MANIFEST_NAME}): refusing to "
+            "replace it, even with overwrite=true (nothing was written); choose a new or empty out folder"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"out={out} is an existing bundle; pass overwrite=true to replace it, or choose another out"
+        )
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool, inputs: Sequence[Path | None]) -> None:
+    """Rename the finished bundle ``tmp`` to ``out``; a replaced ``out`` is checked again (it must still be
+    a bundle: :func:`check_bundle_out`) before it is deleted."""
+    check_bundle_out(out, inputs, overwrite)
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         out.rmdir()
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
+    if os.path.lexists(out):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
-        shutil.rmtree(old)
+        shutil.rmtree(old)  # a bundle this project wrote: verified by check_bundle_out
     else:
         os.replace(tmp, out)
 
@@ -351,8 +402,9 @@ def build_bundle(
     """Write the Kaggle Dataset folder ``out`` (see the module docstring); returns ``out``.
 
     ``options`` are the :data:`BUNDLE_DEFAULTS` keys. The folder is built beside ``out`` and renamed into
-    place at the end, so ``out`` is either complete or untouched; an existing non-empty ``out`` is only
-    replaced with ``overwrite=True``.
+    place at the end, so ``out`` is either complete or untouched. Before anything is written, ``out`` is
+    checked (:func:`check_bundle_out`): never a broad folder or one that is or holds an input; an existing
+    non-empty ``out`` is replaced only with ``overwrite=True`` and only when it is a bundle.
     """
     unknown = sorted(set(options) - set(BUNDLE_DEFAULTS))
     if unknown:
@@ -368,8 +420,6 @@ def build_bundle(
             raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
     out = Path(out)
     overwrite = _as_bool("overwrite", opt["overwrite"])
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
     download = _as_bool("download", opt["download"])
     engine = str(opt["runtime"])
     if engine not in RUNTIMES:
@@ -439,6 +489,12 @@ def build_bundle(
                         "has none (trained without model.net.image_head)"
                     )
     project_wheel = opt["project_wheel"]
+    if project_wheel:
+        project_wheel = Path(project_wheel)
+        if not project_wheel.is_file() or not project_wheel.name.startswith("steel_defect-"):
+            raise FileNotFoundError(f"project_wheel={project_wheel}: not an existing steel_defect-*.whl")
+    inputs = [*ckpts, thresholds_src, project_wheel or None]
+    check_bundle_out(out, inputs, overwrite)  # before the first write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -447,10 +503,7 @@ def build_bundle(
         wheel_dir.mkdir()
         records = []
         if project_wheel:
-            src = Path(project_wheel)
-            if not src.is_file() or not src.name.startswith("steel_defect-"):
-                raise FileNotFoundError(f"project_wheel={project_wheel}: not an existing steel_defect-*.whl")
-            built = Path(shutil.copy2(src, wheel_dir / src.name))
+            built = Path(shutil.copy2(project_wheel, wheel_dir / project_wheel.name))
         else:
             built = build_project_wheel(wheel_dir)
         records.append((built, "project"))
@@ -544,7 +597,7 @@ def build_bundle(
         tmp.chmod(0o755)
         for sub in (tmp / "wheels", tmp / models_dir):
             sub.chmod(0o755)
-        _move_into_place(tmp, out, overwrite)
+        _move_into_place(tmp, out, overwrite, inputs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -589,7 +642,11 @@ def parse_args(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     _, args = parse_args(list(sys.argv[1:] if argv is None else argv))
     ckpt, out = args.pop("ckpt"), args.pop("out")
-    path = build_bundle(ckpt, out, **args)
+    try:
+        path = build_bundle(ckpt, out, **args)
+    except (UnsafeWriteError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"wrote Kaggle bundle {path} ({len(manifest['files'])} files, {size / 1e6:.1f} MB)")

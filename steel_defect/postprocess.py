@@ -423,8 +423,12 @@ def save_thresholds(
     report: dict | None = None,
     meta: dict | None = None,
 ) -> Path:
-    """Write ``{params, report, meta}`` as YAML, atomically."""
+    """Write ``{params, report, meta}`` as YAML, atomically; an existing ``path`` is replaced only when it is
+    a thresholds file (:func:`is_thresholds_file`)."""
+    from steel_defect.guard import refuse_unless_own
+
     path = Path(path)
+    refuse_unless_own(path, is_thresholds_file, what="thresholds", kind="thresholds file")
     doc: dict[str, Any] = {"params": params.to_dict()}
     if report is not None:
         doc["report"] = to_plain(report)
@@ -434,6 +438,16 @@ def save_thresholds(
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return path
+
+
+def is_thresholds_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a thresholds file as :func:`save_thresholds` writes it (a YAML mapping with
+    ``params``), so a new one may replace it."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, Mapping) and isinstance(doc.get("params"), Mapping)
 
 
 def load_thresholds(path: str | os.PathLike, num_classes: int | None = NUM_CLASSES) -> PostprocessParams:

@@ -350,12 +350,30 @@ def render_overlay(
     return np.concatenate(rows, axis=0)
 
 
+#: The PNG text chunk every overlay carries: what lets a later run replace it, and nothing else.
+OVERLAY_TAG: tuple[str, str] = ("Software", "steel-defect overlay")
+
+
+def is_overlay_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an overlay PNG this project wrote (it carries :data:`OVERLAY_TAG`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get(OVERLAY_TAG[0]) == OVERLAY_TAG[1]
+    except (OSError, ValueError):
+        return False
+
+
 def save_overlay(path: str | os.PathLike, overlay_rgb: np.ndarray) -> Path:
-    """Write an RGB overlay as PNG atomically."""
-    bgr = cv2.cvtColor(np.ascontiguousarray(overlay_rgb), cv2.COLOR_RGB2BGR)
+    """Write an RGB overlay as PNG (tagged :data:`OVERLAY_TAG`) atomically; an existing file is replaced only
+    when it is an overlay."""
+    from PIL import Image, PngImagePlugin
 
-    def writer(tmp: str) -> None:
-        if not cv2.imwrite(tmp, bgr):
-            raise OSError(f"cv2.imwrite could not write {path}")
+    from steel_defect.guard import refuse_unless_own
 
-    return atomic_save(path, writer)
+    refuse_unless_own(path, is_overlay_file, what="overlay", kind="picture this project drew (overlay PNG)")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*OVERLAY_TAG)
+    image = Image.fromarray(np.ascontiguousarray(overlay_rgb, dtype=np.uint8))
+    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))

@@ -23,6 +23,7 @@ __all__ = [
     "LEGACY_HEADER",
     "SUBMISSION_FORMATS",
     "format_summary",
+    "is_submission_file",
     "read_submission",
     "run_summary",
     "write_submission",
@@ -31,6 +32,13 @@ __all__ = [
 SUBMISSION_FORMATS: tuple[str, ...] = ("current", "legacy")
 CURRENT_HEADER: tuple[str, ...] = ("ImageId", "EncodedPixels", "ClassId")
 LEGACY_HEADER: tuple[str, ...] = ("ImageId_ClassId", "EncodedPixels")
+
+
+def is_submission_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a submission (its header is one of the two formats'), so ``out=`` may replace it."""
+    from steel_defect.guard import csv_header
+
+    return csv_header(path) in (CURRENT_HEADER, LEGACY_HEADER)
 
 
 def write_submission(
@@ -48,6 +56,9 @@ def write_submission(
     """
     if fmt not in SUBMISSION_FORMATS:
         raise ValueError(f"format={fmt!r} is not valid; choose one of: {', '.join(SUBMISSION_FORMATS)}")
+    from steel_defect.guard import refuse_unless_own
+
+    refuse_unless_own(path, is_submission_file, what="out", kind="submission csv")
     count, previous = 0, None
     with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")

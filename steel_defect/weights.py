@@ -5,25 +5,35 @@
     python train.py model=unet_effb1 model.net.encoder_weights=/path/b1.safetensors   # on the offline one
 
 ``fetch`` builds the model's encoder with its pretrained weights (downloading them as training would),
-writes the encoder's state dict (``.safetensors`` or ``.pth``, atomically), then loads the file back the way
-``model.net.encoder_weights=FILE`` does (strict key and shape check) and compares every tensor, so a file it
-writes is known to load.
+writes the encoder's state dict (``.safetensors`` or ``.pth``) to a temporary file beside ``--out``, loads it
+back the way ``model.net.encoder_weights=FILE`` does (strict key and shape check) and compares every tensor,
+and only then renames it to ``--out``, so a file it writes is known to load. An existing ``--out`` is
+replaced only when it is a weights file of the same format (a safetensors file, or a torch zip archive);
+anything else is refused before the download.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steel_defect.io import atomic_write
+from steel_defect.guard import refuse_unless_own
+from steel_defect.io import atomic_save
 
-__all__ = ["encoder_state_dict", "fetch", "model_net_config"]
+__all__ = ["encoder_state_dict", "fetch", "is_weights_file", "model_net_config"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+#: A safetensors header larger than this is not one this command wrote (an encoder's is a few hundred KB).
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -56,13 +66,40 @@ def encoder_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
 
 
+def is_weights_file(path: Path) -> bool:
+    """True when ``path`` is a weights file of the format its suffix names, as :func:`fetch` writes them:
+    a safetensors file (a length-prefixed JSON header of tensor entries) for ``.safetensors``, a torch zip
+    archive (``torch.save``) for ``.pth``/``.pt``/``.bin``. Sniffed from the bytes: nothing is unpickled."""
+    if path.suffix not in WEIGHT_SUFFIXES:
+        return False
+    if path.suffix != ".safetensors":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(name.endswith("/data.pkl") for name in zf.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+                return False
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(header, dict) and all(
+        key == "__metadata__" or (isinstance(v, dict) and "dtype" in v and "data_offsets" in v)
+        for key, v in header.items()
+    )
+
+
 def fetch(net_cfg: dict[str, Any], out: str | os.PathLike) -> dict[str, Any]:
     """Build the encoder with ``net_cfg``'s pretrained weights, write them to ``out``, verify the file."""
     from steel_defect.models.factory import build_model
 
     out = Path(out)
-    if out.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+    if out.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"--out {out}: use a .safetensors or .pth file name")
+    refuse_unless_own(out, is_weights_file, what="--out", kind=f"{out.suffix} weights file")
     if net_cfg.get("encoder_weights") in (None, "null"):
         raise ValueError(
             f"encoder {net_cfg['encoder_name']!r}: encoder_weights is null, there is nothing to fetch"
@@ -70,23 +107,22 @@ def fetch(net_cfg: dict[str, Any], out: str | os.PathLike) -> dict[str, Any]:
     cfg = {**net_cfg, "image_head": False}
     net = build_model(cfg)  # downloads (or reads the package) as training would
     state = encoder_state_dict(net)
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save
 
-        data = save(state)
-        with atomic_write(out, "wb") as fh:
-            fh.write(data)
-    else:
-        with atomic_write(out, "wb") as fh:
-            torch.save(state, fh)
-    check = build_model({**cfg, "encoder_weights": str(out)})
-    back = encoder_state_dict(check)
-    bad = [k for k in state if not torch.equal(state[k], back[k])]
-    if bad or set(back) != set(state):
-        out.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"{out}: the written weights did not load back identically ({bad[:3]}); file removed"
-        )
+    def write_and_verify(tmp: str) -> None:
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            Path(tmp).write_bytes(save(state))
+        else:
+            torch.save(state, tmp)
+        back = encoder_state_dict(build_model({**cfg, "encoder_weights": tmp}))
+        bad = [k for k in state if k not in back or not torch.equal(state[k], back[k])]
+        if bad or set(back) != set(state):
+            raise RuntimeError(
+                f"{out}: the written weights did not load back identically ({bad[:3]}); nothing was written"
+            )
+
+    atomic_save(out, write_and_verify)  # its temporary file keeps out's suffix, which build_model goes by
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     return {
         "encoder": net_cfg["encoder_name"],

@@ -322,5 +322,5 @@ def test_datamodule_passes_copy_paste_to_training_only(synth):
         SteelDataModule(root=str(root), copy_paste={"p": 0.5, "q": 1})
     with pytest.raises(ValueError, match=r"data\.copy_paste\.p .*-0\.1"):
         SteelDataModule(root=str(root), copy_paste={"p": -0.1})
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "synthetic.yaml")
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "severstal.yaml")
     assert "copy_paste" in conf and conf.copy_paste is None

@@ -11,6 +11,7 @@ import torch
 
 from steel_defect.data.datamodule import SteelDataModule, class_frequencies, oversample_weights
 from steel_defect.data.splits import load_split, split_parts
+from steel_defect.synthetic.datamodule import SyntheticDataModule
 
 SHAPE = [64, 320]
 SYNTH = {"n_train": 40, "n_test": 3, "seed": 11}
@@ -20,7 +21,7 @@ SYNTH = {"n_train": 40, "n_test": 3, "seed": 11}
 def root(tmp_path_factory) -> Path:
     """A synthetic data set generated through the DataModule's own ``prepare_data``."""
     path = tmp_path_factory.mktemp("data") / "synthetic"
-    dm = SteelDataModule(root=str(path), synthetic=SYNTH, shape=SHAPE, num_workers=0)
+    dm = SyntheticDataModule(root=str(path), synthetic=SYNTH, shape=SHAPE, num_workers=0)
     dm.prepare_data()
     assert (path / "train.csv").is_file() and len(list((path / "train_images").glob("*.jpg"))) == 40
     return path
@@ -186,19 +187,44 @@ def test_prepare_data_keeps_a_current_set_and_regenerates_a_stale_one(tmp_path):
 
     path = tmp_path / "synthetic"
     synth = {"n_train": 6, "n_test": 1, "seed": 3}
-    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    SyntheticDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
     stamp = json.loads((path / STAMP_NAME).read_text())
+    files = stamp.pop("files")
     assert stamp == {**synth, "generator_version": GENERATOR_VERSION, "shape": SHAPE, "class_mix": "real"}
+    assert len(files) == 3 + 6 + 1  # the three csvs and every image
     first = sorted(p.stat().st_mtime_ns for p in (path / "train_images").iterdir())
-    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    SyntheticDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
     assert sorted(p.stat().st_mtime_ns for p in (path / "train_images").iterdir()) == first  # kept
-    (path / STAMP_NAME).write_text(json.dumps({**stamp, "generator_version": 1}))  # as if v1 had made it
-    SteelDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
+    (path / STAMP_NAME).write_text(
+        json.dumps({**stamp, "files": files, "generator_version": 1})
+    )  # as if v1 had made it
+    SyntheticDataModule(root=str(path), synthetic=synth, shape=SHAPE, num_workers=0).prepare_data()
     assert json.loads((path / STAMP_NAME).read_text())["generator_version"] == GENERATOR_VERSION
     assert len(list((path / "train_images").iterdir())) == 6
     bigger = {**synth, "n_train": 8}
-    SteelDataModule(root=str(path), synthetic=bigger, shape=SHAPE, num_workers=0).prepare_data()
+    SyntheticDataModule(root=str(path), synthetic=bigger, shape=SHAPE, num_workers=0).prepare_data()
     assert len(list((path / "train_images").iterdir())) == 8
     balanced = {**bigger, "class_mix": "balanced"}
-    SteelDataModule(root=str(path), synthetic=balanced, shape=SHAPE, num_workers=0).prepare_data()
+    SyntheticDataModule(root=str(path), synthetic=balanced, shape=SHAPE, num_workers=0).prepare_data()
     assert json.loads((path / STAMP_NAME).read_text())["class_mix"] == "balanced"
+
+
+def test_only_the_synthetic_module_generates_and_it_refuses_real_data(tmp_path):
+    """SteelDataModule (data=severstal / folder) cannot generate; SyntheticDataModule refuses a folder of
+    real-looking data before writing a byte, naming it and the fix."""
+    assert "prepare_data" not in vars(SteelDataModule)  # Lightning's no-op: nothing written, ever
+    with pytest.raises(TypeError, match="synthetic"):
+        SteelDataModule(root=str(tmp_path), synthetic={"n_train": 2, "n_test": 0})
+    real = tmp_path / "real"
+    (real / "train_images").mkdir(parents=True)
+    (real / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    (real / "train_images" / "a.jpg").write_bytes(b"not really a jpeg")
+    dm = SyntheticDataModule(
+        root=str(real), synthetic={"n_train": 2, "n_test": 0}, shape=SHAPE, num_workers=0
+    )
+    with pytest.raises(FileExistsError, match="data=severstal") as err:
+        dm.prepare_data()
+    assert str(real) in str(err.value)
+    assert (real / "train.csv").read_text() == "ImageId,ClassId,EncodedPixels\n"
+    assert (real / "train_images" / "a.jpg").read_bytes() == b"not really a jpeg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]

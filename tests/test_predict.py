@@ -115,7 +115,8 @@ def test_tune_writes_thresholds_beside_the_checkpoint_and_predict_picks_them_up(
 
 
 def test_missing_checkpoint_and_bad_values_are_clear_errors(tmp_path):
-    proc = predict([f"ckpt={tmp_path / 'nope.ckpt'}", f"images={tmp_path}"], tmp_path, ok=False)
+    (tmp_path / "images").mkdir()
+    proc = predict([f"ckpt={tmp_path / 'nope.ckpt'}", f"images={tmp_path / 'images'}"], tmp_path, ok=False)
     assert f"checkpoint not found: {tmp_path / 'nope.ckpt'}" in proc.stderr
     proc = predict(["ckpt=x.ckpt", "task=train"], tmp_path, ok=False)
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from steel_defect.data.annotations import load_annotations
 from steel_defect.data.realism import black_band, mask_objects, texture_features
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.synthetic import generate_dataset, image_ids, render_sample
+from steel_defect.synthetic.dataset import STAMP_NAME, owned_files
 from steel_defect.synthetic.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,25 +151,82 @@ def test_image_ids_unique_disjoint_and_prefix_stable():
     assert image_ids(1, 10, 0)[0] != small_train
 
 
-def test_refuses_non_empty_dir_and_overwrites(tmp_path):
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_refuses_a_folder_it_did_not_make_even_with_overwrite(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=re.escape(str(out))):
-        generate_dataset(out, n_train=2, n_test=1, seed=0, shape=SMALL)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written
-    generate_dataset(out, n_train=5, n_test=1, seed=0, shape=SMALL, overwrite=True)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=re.escape(str(out))) as err:
+            generate_dataset(out, n_train=2, n_test=1, seed=0, shape=SMALL, overwrite=overwrite)
+        assert "notes.txt" in str(err.value) and "data=severstal" in str(err.value)
+        assert "--overwrite" not in str(err.value)  # the fix is never the flag
+        assert _snapshot(out) == {"notes.txt": b"keep me"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left beside it
+
+
+def test_overwrite_replaces_exactly_its_own_stamped_set(tmp_path):
+    out = tmp_path / "data"
+    generate_dataset(out, n_train=5, n_test=1, seed=0, shape=SMALL)
+    stamp = json.loads((out / STAMP_NAME).read_text())
+    assert set(stamp["files"]) == set(_snapshot(out)) - {STAMP_NAME}
+    with pytest.raises(FileExistsError, match="--overwrite"):  # a stamped set: the flag is the fix
+        generate_dataset(out, n_train=2, n_test=1, seed=1, shape=SMALL)
     generate_dataset(out, n_train=2, n_test=1, seed=1, shape=SMALL, overwrite=True)
     # The images of the first run are gone (no stale image would pass for a defect-free one).
     assert len(list((out / "train_images").iterdir())) == 2
-    assert (out / "notes.txt").read_text() == "keep me"
     df = _labels(out / "train.csv")
     assert set(df.ImageId) <= {p.name for p in (out / "train_images").iterdir()}
-    # A foreign file in an image folder would pass for a defect-free image: refused, not deleted.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    # A foreign file in a stamped set (here one that would pass for a defect-free image): refused, untouched.
     (out / "train_images" / "mine.png").write_bytes(b"x")
+    before = _snapshot(out)
     with pytest.raises(FileExistsError, match="mine.png"):
-        generate_dataset(out, n_train=2, n_test=1, seed=1, shape=SMALL, overwrite=True)
-    assert (out / "train_images" / "mine.png").exists()
+        generate_dataset(out, n_train=2, n_test=1, seed=2, shape=SMALL, overwrite=True)
+    assert _snapshot(out) == before
+
+
+def test_a_stamp_without_a_file_list_owns_the_files_its_arguments_make(tmp_path):
+    """Sets stamped before stamps listed their files are still the generator's: the ids follow from the
+    stamp's seed and counts, so anything else in the folder is still refused."""
+    out = tmp_path / "old"
+    generate_dataset(out, n_train=3, n_test=1, seed=4, shape=SMALL)
+    stamp = json.loads((out / STAMP_NAME).read_text())
+    del stamp["files"]
+    (out / STAMP_NAME).write_text(json.dumps(stamp))
+    assert owned_files(out) is not None
+    generate_dataset(out, n_train=2, n_test=1, seed=5, shape=SMALL, overwrite=True)
+    stamp["seed"] = 99  # a stamp whose arguments do not make these files owns none of them
+    (out / STAMP_NAME).write_text(json.dumps(stamp))
+    with pytest.raises(FileExistsError, match="did not write"):
+        generate_dataset(out, n_train=2, n_test=1, seed=5, shape=SMALL, overwrite=True)
+
+
+def test_an_interrupted_replacement_is_undone_by_the_next_run(tmp_path):
+    """A run killed between moving the old set aside and moving the new one in: the next run puts the old
+    set back (then proceeds); an unfinished new set is deleted, never anything without the marker."""
+    out = tmp_path / "data"
+    generate_dataset(out, n_train=2, n_test=1, seed=0, shape=SMALL)
+    before = _snapshot(out)
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    aside = tmp_path / f".data.synthetic-old-{dead}-abc123"
+    out.rename(aside)
+    unfinished = tmp_path / f".data.synthetic-new-{dead}-def456"
+    (unfinished / "train_images").mkdir(parents=True)
+    (unfinished / ".synthetic-unfinished").touch()
+    (unfinished / "train_images" / "0123456789.jpg").write_bytes(b"half")
+    stranger = tmp_path / f".data.synthetic-new-{dead}-zzz999"  # no marker: not provably the generator's
+    stranger.mkdir()
+    (stranger / "mine.txt").write_text("keep")
+    generate_dataset(out, n_train=2, n_test=1, seed=0, shape=SMALL, overwrite=True)
+    assert _snapshot(out) == before  # the same arguments: the same bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", stranger.name])
+    assert (stranger / "mine.txt").read_text() == "keep"
 
 
 def test_rejects_bad_arguments(tmp_path):

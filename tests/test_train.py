@@ -144,15 +144,20 @@ def test_the_demo_composes_into_valid_parts(tmp_path):
     """The demo's data and net settings are accepted by the parts they configure (a step budget, fp32)."""
     from omegaconf import OmegaConf
 
-    from steel_defect.data.datamodule import SteelDataModule
     from steel_defect.models.factory import resolve_config
+    from steel_defect.synthetic.datamodule import SyntheticDataModule
 
     cfg = compose_train(["experiment=demo_cpu"], tmp_path)
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "trainer")}
-    plain["data"].pop("_target_")
+    assert plain["data"].pop("_target_") == "steel_defect.synthetic.datamodule.SyntheticDataModule"
     plain["data"].pop("split_file")
-    dm = SteelDataModule(**plain["data"])
+    dm = SyntheticDataModule(**plain["data"])
     assert dm.hparams.defect_crop_p == 0.5 and dm.hparams.crop_width == 320
+    assert dm.synthetic["n_train"] == 1000 and dm.synthetic["class_mix"] == "balanced"
+    # the same experiment on real data: the demo's settings, no generation
+    real = compose_train(["experiment=demo_cpu", "data=severstal", f"data.root={tmp_path}"], tmp_path)
+    assert real.data._target_ == "steel_defect.data.SteelDataModule" and "synthetic" not in real.data
+    assert real.data.crop_width == 320 and real.data.defect_crop_p == 0.5
     net = resolve_config({**plain["model"]["net"], "encoder_weights": None, "classes": 4})
     assert net["decoder_channels"] == [128, 64, 32, 16, 8] and net["mask_prior"] == 0.01
     assert plain["trainer"]["precision"] == "32-true" and plain["trainer"]["max_epochs"] == 4

@@ -1,7 +1,9 @@
 """Convert between the two dataset layouts, exactly both ways.
 
     python -m steel_defect.data.convert to-folder --csv train.csv --images DIR --out ROOT [--classes N]
+        [--overwrite]
     python -m steel_defect.data.convert to-kaggle --root ROOT --out train.csv [--classes N] [--missing error|empty]
+        [--overwrite]
 
 Kaggle layout: ``train.csv`` (``ImageId,ClassId,EncodedPixels``, rows for non-empty masks only, or the
 competition-era ``ImageId_ClassId,EncodedPixels``) beside an image folder. Folder layout: ``ROOT/images/``
@@ -12,12 +14,20 @@ index (0 = background, 1..N the classes). A csv -> folder -> csv round trip give
 A PNG holds one class per pixel, so a csv in which two classes claim a pixel cannot be converted exactly:
 it is refused naming the image and classes (``--overlap first|last`` keeps the lower/higher class instead).
 Every refusal names the file and row or value; outputs are written atomically (temp file, then rename).
+
+Neither direction touches data it did not write (checked before the first write, see
+:mod:`steel_defect.guard`): ``to-folder`` refuses existing masks ``ROOT/masks/<stem>.png`` unless
+``--overwrite`` (which then replaces only those mask PNGs), never replaces an image in ``ROOT/images`` (an
+identical copy is skipped) and refuses a ``ROOT/masks`` that overlaps the image folder or holds the csv;
+``to-kaggle`` refuses an ``--out`` inside ``ROOT`` and an existing ``--out`` unless ``--overwrite`` and it
+is a label csv.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import filecmp
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -25,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steel_defect.guard import UnsafeWriteError, csv_header, refuse_onto_inputs, refuse_unless_own
 from steel_defect.io import atomic_save, atomic_write, list_images
 from steel_defect.rle import rle_decode, rle_encode
 
@@ -32,6 +43,9 @@ CURRENT_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 LEGACY_HEADER = ("ImageId_ClassId", "EncodedPixels")
 OVERLAPS = ("error", "first", "last")
 MISSING = ("error", "empty")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MASK_KIND = "mask PNG (8-bit greyscale, as to-folder writes)"
+CSV_KIND = f"label csv (header {','.join(CURRENT_HEADER)} or {','.join(LEGACY_HEADER)})"
 
 
 class ConversionError(ValueError):
@@ -156,17 +170,110 @@ def _write_png(path: Path, mask: np.ndarray) -> None:
     atomic_save(path, writer)
 
 
+# ======================================================================================================
+# What the two directions may write (checked before the first write)
+# ======================================================================================================
+def is_mask_png(path: Path) -> bool:
+    """True when ``path`` starts like an 8-bit greyscale PNG: the kind of file :func:`_write_png` writes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    return (
+        len(head) == 26
+        and head[:8] == PNG_SIGNATURE
+        and head[12:16] == b"IHDR"
+        and head[24] == 8  # bit depth
+        and head[25] == 0  # colour type: greyscale
+    )
+
+
+def is_label_csv(path: Path) -> bool:
+    """True when ``path`` is a text file whose first line is a Kaggle label csv header (either format)."""
+    return csv_header(path) in (CURRENT_HEADER, LEGACY_HEADER)
+
+
+def _refuse_non_folder(path: Path, what: str) -> None:
+    if os.path.lexists(path) and not path.is_dir():
+        raise UnsafeWriteError(
+            f"{what}={path} exists and is not a folder: refusing to write there (nothing was written); "
+            "choose another --out"
+        )
+
+
+def check_folder_outputs(
+    csv_path: str | os.PathLike,
+    images: str | os.PathLike,
+    files: Sequence[Path],
+    out: Path,
+    overwrite: bool,
+) -> dict[Path, Path]:
+    """Check every file that ``to-folder`` would write, before the first write; ``{image: copy target}``.
+
+    Refused: an ``out`` that is the csv or not a folder; an ``out/masks`` that is, holds or lies in the
+    image folder, or holds the csv; an existing ``out/masks/<stem>.png`` that is not a mask PNG, or any
+    existing one without ``overwrite``; an ``out/images/<name>`` that exists with other bytes than its
+    image (an image is never replaced). ``out/images`` may be the image folder itself (nothing is copied).
+    """
+    if os.path.lexists(out) and not out.is_dir():
+        refuse_onto_inputs(out, what="--out", inputs=[csv_path])
+        _refuse_non_folder(out, "--out")
+    masks_dir, images_dir = out / "masks", out / "images"
+    refuse_onto_inputs(masks_dir, what="--out masks folder", inputs=[csv_path], input_dirs=[images])
+    _refuse_non_folder(masks_dir, "--out masks folder")
+    _refuse_non_folder(images_dir, "--out images folder")
+    existing = [m for m in (masks_dir / f"{p.stem}.png" for p in files) if os.path.lexists(m)]
+    for mask in existing:
+        refuse_unless_own(mask, is_mask_png, what="--out mask", kind=MASK_KIND)
+    if existing and not overwrite:
+        raise UnsafeWriteError(
+            f"--out={out}: {len(existing)} of the {len(files)} masks already exist in {masks_dir} "
+            f"(e.g. {existing[0]}): refusing to replace them (nothing was written); pass --overwrite to "
+            "replace the masks of these images, or choose another --out"
+        )
+    to_copy: dict[Path, Path] = {}
+    for p in files:
+        target = images_dir / p.name
+        if p.resolve() == target.resolve():
+            continue  # converting in place: the image already is out/images/<name>
+        if not os.path.lexists(target):
+            to_copy[p] = target
+        elif not target.is_file() or not filecmp.cmp(p, target, shallow=False):
+            raise UnsafeWriteError(
+                f"--out image {target} exists and is not a copy of {p}: refusing to replace it (an image is "
+                "never replaced, not even with --overwrite; nothing was written); choose another --out or "
+                "move that file away"
+            )
+    return to_copy
+
+
+def check_csv_output(root: str | os.PathLike, out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an ``out`` csv inside ``root``, and an existing one unless ``overwrite`` and a label csv."""
+    refuse_onto_inputs(out, what="--out", input_dirs=[root])
+    if os.path.lexists(out):
+        refuse_unless_own(out, is_label_csv, what="--out", kind=CSV_KIND)
+        if not overwrite:
+            raise UnsafeWriteError(
+                f"--out={out} exists: refusing to replace it (nothing was written); pass --overwrite to "
+                "replace this label csv, or choose another --out"
+            )
+
+
 def kaggle_to_folder(
     csv_path: str | os.PathLike,
     images: str | os.PathLike,
     out: str | os.PathLike,
     num_classes: int = 4,
     overlap: str = "error",
+    overwrite: bool = False,
 ) -> dict[str, int]:
     """Kaggle csv + image folder -> ``out/images`` (copies) + ``out/masks/*.png``; returns counts.
 
     Every image of the folder gets a mask (all zero when the csv has no row for it); a csv row naming an
     image that is not in the folder is refused before anything is written; each file is written atomically.
+    Existing masks are replaced only with ``overwrite``; existing images never (see
+    :func:`check_folder_outputs`).
     """
     if overlap not in OVERLAPS:
         raise ValueError(f"overlap={overlap!r}; choose one of: {', '.join(OVERLAPS)}")
@@ -183,13 +290,13 @@ def kaggle_to_folder(
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise ConversionError(f"{images}: images share a stem ({dup[:3]}), their masks would collide")
     out = Path(out)
+    to_copy = check_folder_outputs(csv_path, images, files, out, overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
     with_defects = 0
     for p in files:  # one image at a time: memory does not grow with the data set
         mask = index_mask(labels.get(p.name, {}), image_size(p), p.name, overlap)
-        target = out / "images" / p.name
-        if p.resolve() != target.resolve():
-            atomic_save(target, lambda tmp, src=p: shutil.copyfile(src, tmp))
+        if p in to_copy:
+            atomic_save(to_copy[p], lambda tmp, src=p: shutil.copyfile(src, tmp))
         _write_png(out / "masks" / f"{p.stem}.png", mask)
         with_defects += int(mask.any())
     return {"images": len(files), "with_defects": with_defects}
@@ -200,10 +307,16 @@ def folder_to_kaggle(
     out: str | os.PathLike,
     num_classes: int = 4,
     missing: str = "error",
+    overwrite: bool = False,
 ) -> dict[str, int]:
-    """``root/images`` + ``root/masks`` -> a current-format Kaggle csv (non-empty masks only, sorted)."""
+    """``root/images`` + ``root/masks`` -> a current-format Kaggle csv (non-empty masks only, sorted).
+
+    ``out`` may not lie inside ``root``; an existing ``out`` is replaced only with ``overwrite`` and only
+    when it is a label csv (see :func:`check_csv_output`).
+    """
     if missing not in MISSING:
         raise ValueError(f"missing={missing!r}; choose one of: {', '.join(MISSING)}")
+    check_csv_output(root, out, overwrite)
     root = Path(root)
     files = list_images(root / "images")
     rows: list[tuple[str, int, str]] = []
@@ -244,20 +357,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--classes", type=int, default=4)
     a.add_argument("--overlap", choices=OVERLAPS, default="error")
+    a.add_argument(
+        "--overwrite", action="store_true", help="replace existing ROOT/masks/<stem>.png of these images"
+    )
     b = sub.add_parser("to-kaggle", help="ROOT/images + ROOT/masks -> a Kaggle csv")
     b.add_argument("--root", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--classes", type=int, default=4)
     b.add_argument("--missing", choices=MISSING, default="error")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing label csv --out")
     args = parser.parse_args(argv)
     if not 1 <= args.classes <= 255:
         parser.error(f"--classes {args.classes}: a class-index PNG holds 1..255 classes")
     try:
         if args.command == "to-folder":
-            counts = kaggle_to_folder(args.csv, args.images, args.out, args.classes, args.overlap)
+            counts = kaggle_to_folder(
+                args.csv, args.images, args.out, args.classes, args.overlap, args.overwrite
+            )
         else:
-            counts = folder_to_kaggle(args.root, args.out, args.classes, args.missing)
-    except (ConversionError, FileNotFoundError) as err:
+            counts = folder_to_kaggle(args.root, args.out, args.classes, args.missing, args.overwrite)
+    except (ConversionError, UnsafeWriteError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     print(", ".join(f"{k}: {v}" for k, v in counts.items()))
     return counts

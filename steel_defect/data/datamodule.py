@@ -90,9 +90,9 @@ class SteelDataModule(L.LightningDataModule):
     ``steel_defect.data.copy_paste``). ``defect_crop_p``: the share of training crops placed on a defect of a
     class drawn uniformly among the image's (``steel_defect.data.defect_crop``; the rest are random).
     ``limit_train`` / ``limit_val``: keep the first N images of each part (CPU demos; threshold tuning at fit
-    end still uses the whole validation part, :meth:`tune_dataloader`). ``synthetic``: keyword
-    arguments of ``steel_defect.synthetic.generate_dataset`` (``shape`` defaults to ``shape``), used by
-    ``prepare_data`` when the csv is absent.
+    end still uses the whole validation part, :meth:`tune_dataloader`). This module only reads ``root``:
+    it never generates, writes or deletes anything there (generation is
+    :class:`steel_defect.synthetic.datamodule.SyntheticDataModule`'s, ``data=synthetic``).
     ``shape``: image size [H, W] (kaggle default ``DEFAULT_SHAPE``); with the folder layout null means
     images of any size: training crops ``crop_height x crop_width`` (both required; smaller images are
     zero-padded) and evaluation batches hold images of one size (:class:`SizeBatchSampler`).
@@ -121,7 +121,6 @@ class SteelDataModule(L.LightningDataModule):
         oversample: dict | None = None,
         limit_train: int | None = None,
         limit_val: int | None = None,
-        synthetic: dict | None = None,
         pseudo_labels: str | None = None,
         pseudo_images: str | None = None,
         pseudo_share: float = 0.12,
@@ -156,7 +155,6 @@ class SteelDataModule(L.LightningDataModule):
         self.augment = _check_keys("augment", augment, AUGMENT_KEYS)
         self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
         self.copy_paste = copy_paste_config(_check_keys("copy_paste", copy_paste, COPY_PASTE_KEYS))
-        self.synthetic = to_plain(synthetic)
         if shape is None and layout == "kaggle":
             shape = list(DEFAULT_SHAPE)
         #: The image size every image must have; None: any size (folder layout without data.shape).
@@ -196,38 +194,6 @@ class SteelDataModule(L.LightningDataModule):
     def csv_path(self) -> Path:
         return self.root / self.hparams.train_csv
 
-    def prepare_data(self) -> None:
-        """Generate the synthetic data set when ``synthetic`` is set and ``root/train_csv`` is absent."""
-        if self.synthetic is None:
-            return
-        if self.hparams.layout != "kaggle" or self.shape is None or self.classes != list(SEVERSTAL_CLASSES):
-            raise ValueError(
-                "data.synthetic generates Severstal's kaggle layout with its four classes: set data.synthetic=null "
-                "for the folder layout or other classes"
-            )
-        from steel_defect.synthetic import generate_dataset
-        from steel_defect.synthetic.dataset import GENERATOR_VERSION, read_stamp
-
-        kwargs = {"shape": list(self.shape), **self.synthetic}
-        if self.csv_path.exists():
-            stamp = read_stamp(self.root)
-            keys = ("n_train", "n_test", "seed", "shape", "class_mix")
-            wanted = {"generator_version": GENERATOR_VERSION, "class_mix": "real"}
-            wanted.update({k: kwargs[k] for k in keys if k in kwargs})
-            if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()):
-                return
-            log.warning(
-                "synthetic data set in %s was made by another generator version or with other arguments "
-                "(%s, wanted %s): regenerating it",
-                self.root,
-                stamp,
-                wanted,
-            )
-            generate_dataset(self.root, overwrite=True, **kwargs)
-            return
-        log.info("generating a synthetic data set in %s (%s)", self.root, kwargs)
-        generate_dataset(self.root, **kwargs)
-
     def _load(self) -> pd.DataFrame:
         """Annotations and split, computed once (split read from / saved to ``split_file`` if set)."""
         if self.annotations is not None:
@@ -249,8 +215,9 @@ class SteelDataModule(L.LightningDataModule):
                     )
         else:
             if not self.csv_path.exists():
-                hint = " (set data.synthetic to generate a synthetic set)" if self.synthetic is None else ""
-                raise FileNotFoundError(f"annotation csv not found: {self.csv_path}{hint}")
+                raise FileNotFoundError(
+                    f"annotation csv not found: {self.csv_path} (data=synthetic generates a synthetic set)"
+                )
             df = load_annotations(
                 self.root, hp.train_csv, hp.train_images, shape=self.shape, num_classes=self.num_classes
             )

@@ -13,7 +13,13 @@ Every image is rendered from its own RNG, derived from ``(seed, split, index)`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,19 +30,25 @@ import cv2
 import numpy as np
 
 from steel_defect import DEFAULT_SHAPE
-from steel_defect.io import atomic_save, atomic_write
+from steel_defect.io import atomic_save, atomic_write, current_umask, pid_alive
 from steel_defect.rle import rle_encode
 from steel_defect.synthetic.render import CLASS_MIXES, check_shape, render_sample
 
 __all__ = [
     "GENERATOR_VERSION",
     "STAMP_NAME",
+    "NotSyntheticError",
+    "check_out",
     "format_summary",
     "generate_dataset",
     "image_ids",
     "main",
+    "owned_files",
     "read_stamp",
+    "stamp_files",
 ]
+
+log = logging.getLogger(__name__)
 
 _SPLITS = {"train": 0, "test": 1}
 _JPEG_QUALITY = 90
@@ -105,29 +117,153 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite``; then remove the previous outputs (CSVs first)."""
+class NotSyntheticError(FileExistsError):
+    """The output folder holds files the generator did not write: it is left exactly as it is."""
+
+
+def stamp_files(stamp: dict) -> set[str]:
+    """The files (relative paths) of the set a ``synthetic.json`` stamp describes, the stamp included.
+
+    Stamps list them (``files``); for stamps written before they did, they are derived from the stamp's own arguments
+    (the image ids are a function of ``seed``, ``n_train`` and ``n_test``), so a set is provably the
+    generator's either way. A stamp without those arguments owns nothing but itself.
+    """
+    if isinstance(stamp.get("files"), list):
+        return {str(f) for f in stamp["files"]} | {STAMP_NAME}
+    try:
+        seed, n_train, n_test = (int(stamp[k]) for k in ("seed", "n_train", "n_test"))
+    except (KeyError, TypeError, ValueError):
+        return {STAMP_NAME}
+    if min(seed, n_train, n_test) < 0 or n_train + n_test > 10_000_000:
+        return {STAMP_NAME}
+    train_ids, test_ids = image_ids(seed, n_train, n_test)
+    return set(_CSV_NAMES) | {f"train_images/{i}" for i in train_ids} | {f"test_images/{i}" for i in test_ids}
+
+
+def _tree(out: Path) -> tuple[list[str], list[str]]:
+    """Every file (and link, or other non-directory) and every folder under ``out``, as relative paths."""
+    files, dirs = [], []
+    for dirpath, dirnames, filenames in os.walk(out):
+        base = Path(dirpath).relative_to(out)
+        for d in list(dirnames):
+            if (Path(dirpath) / d).is_symlink():  # a link is an entry of its own, never followed
+                dirnames.remove(d)
+                filenames.append(d)
+            else:
+                dirs.append((base / d).as_posix())
+        files.extend((base / f).as_posix() for f in filenames)
+    return sorted(files), sorted(dirs)
+
+
+def owned_files(out: Path) -> list[str] | None:
+    """The files of ``out`` when every one is the generator's (listed by its stamp); None when ``out`` holds
+    anything else. An empty or missing folder owns nothing: ``[]``."""
+    if not out.exists():
+        return []
+    files, dirs = _tree(out)
+    stamp = read_stamp(out)
+    owned = stamp_files(stamp) if stamp is not None else set()
+    folders = {f"{split}_images" for split in _SPLITS}
+    if set(files) - owned or set(dirs) - folders:
+        return None
+    return files
+
+
+def check_out(out: Path, overwrite: bool) -> list[str]:
+    """Refuse, before anything is written, an ``out`` that is not new, empty or a stamped synthetic set
+    (made by this generator, holding only the files its stamp lists); returns the files it would replace.
+
+    A stamped set is replaced only with ``overwrite``; nothing else ever is, with or without it.
+    """
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output directory {out} is not empty; pass --overwrite (overwrite=True)")
-        for name in _CSV_NAMES:  # CSVs go first: no csv may ever name an image that is gone
-            (out / name).unlink(missing_ok=True)
-        for split in _SPLITS:
-            folder = out / f"{split}_images"
-            if folder.is_dir():
-                for f in folder.glob("*.jpg"):
-                    f.unlink()
-                left = sorted(p.name for p in folder.iterdir())
-                if left:  # another image there would pass for a defect-free one: refuse rather than delete it
-                    raise FileExistsError(
-                        f"{folder} still holds files that are not generated images after --overwrite: "
-                        f"{left[:5]}; move them away"
-                    )
-    out.mkdir(parents=True, exist_ok=True)
+    files = owned_files(out)
+    if files is None:
+        all_files, _ = _tree(out)
+        stamp = read_stamp(out)
+        foreign = sorted(set(all_files) - (stamp_files(stamp) if stamp is not None else set()))
+        what = "carries no synthetic.json stamp and" if stamp is None else "is stamped, but also"
+        raise NotSyntheticError(
+            f"refusing to write a synthetic data set into {out}: it {what} holds {len(foreign)} file(s) the "
+            f"synthetic generator did not write (e.g. {', '.join(foreign[:3])}), so it looks like your data. "
+            "Nothing was changed. To train on it, say what it is: data=severstal (Kaggle layout: train.csv + "
+            "train_images/) or data=folder (images/ + masks/); for synthetic data, point data.root (or --out) "
+            "at a new or empty directory."
+        )
+    if files and not overwrite:
+        raise FileExistsError(
+            f"output directory {out} holds a synthetic data set made with other arguments "
+            f"({ {k: v for k, v in (read_stamp(out) or {}).items() if k != 'files'} }); pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    return files
+
+
+def _remove_owned(folder: Path, files: Sequence[str]) -> None:
+    """Delete exactly ``files`` (relative to ``folder``), then the image folders and ``folder`` if empty."""
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
     for split in _SPLITS:
-        (out / f"{split}_images").mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            (folder / f"{split}_images").rmdir()
+    with contextlib.suppress(FileNotFoundError, OSError):
+        folder.rmdir()
+
+
+#: In a folder being written, until the set is complete: proof that the generator made the folder.
+_WORK_MARKER = ".synthetic-unfinished"
+_WORK_RE = re.compile(r"^\.(?P<name>.+)\.synthetic-(?P<kind>new|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _clean_interrupted(out: Path) -> None:
+    """Tidy what a killed earlier run left beside ``out``: an unfinished new set is deleted (its own files
+    only); a set moved aside for replacement is moved back if ``out`` is missing, else deleted likewise."""
+    if not out.parent.is_dir():
+        return
+    for entry in sorted(out.parent.iterdir()):
+        match = _WORK_RE.match(entry.name)
+        if not match or match["name"] != out.name or not entry.is_dir() or entry.is_symlink():
+            continue
+        if int(match["pid"]) == os.getpid() or pid_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "new" and (entry / _WORK_MARKER).is_file():
+            shutil.rmtree(entry)  # an unfinished set: made by the generator, from its marker on
+            continue
+        files = owned_files(entry)
+        if match["kind"] == "old" and not out.exists() and files is not None:
+            log.warning("restoring the synthetic set %s that an interrupted run had moved aside", out)
+            os.rename(entry, out)
+        elif match["kind"] == "old" and files is not None:
+            _remove_owned(entry, files)
+        else:
+            log.warning("left %s alone: it holds files the generator did not write", entry)
+
+
+def _work_dir(out: Path, kind: str) -> Path:
+    """A new hidden folder beside ``out`` for the set being written (``new``, holding the :data:`_WORK_MARKER`
+    until it is complete) or for the set being replaced (``old``)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.synthetic-{kind}-{os.getpid()}-", dir=out.parent))
+    if kind == "new":
+        (folder / _WORK_MARKER).touch()
+    return folder
+
+
+def _swap_in(tmp: Path, out: Path, old_files: list[str]) -> None:
+    """Move the finished set ``tmp`` to ``out``; the set it replaces is moved aside first, then deleted
+    (only its stamped files), so at any moment ``out`` is the old set, the new set, or briefly absent
+    (restored by the next run)."""
+    os.chmod(tmp, 0o777 & ~current_umask())
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not old_files:
+        out.rmdir()  # empty: nothing of the user's is in it
+        os.rename(tmp, out)
+        return
+    aside = _work_dir(out, "old")
+    os.rename(out, aside)  # onto the empty folder just made: POSIX replaces it
+    os.rename(tmp, out)
+    _remove_owned(aside, old_files)
 
 
 def _write_labels(path: Path, rows: list[tuple[str, list[tuple[int, str]]]]) -> None:
@@ -179,7 +315,45 @@ def generate_dataset(
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"workers and chunk_size must be >= 1, got {workers} and {chunk_size}")
-    _prepare_out(out, overwrite)
+    _clean_interrupted(out)
+    old_files = check_out(out, overwrite)  # before the first write: refuses anything not the generator's
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _work_dir(out, "new")  # written beside out, then renamed into place: out is never half-written
+    try:
+        rows = _write_set(tmp, seed, n_train, n_test, (h, w), class_mix, workers, chunk_size)
+        (tmp / _WORK_MARKER).unlink()
+        _swap_in(tmp, out, old_files)
+    except BaseException:
+        if (tmp / _WORK_MARKER).exists():  # the folder this call made, with nothing but what it wrote
+            shutil.rmtree(tmp)
+        raise
+    seconds = time.perf_counter() - t0
+    n = n_train + n_test
+    return {
+        "out": str(out),
+        "shape": [h, w],
+        "seed": int(seed),
+        "train": _split_summary(rows["train"]),
+        "test": _split_summary(rows["test"]),
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def _write_set(
+    out: Path,
+    seed: int,
+    n_train: int,
+    n_test: int,
+    shape: tuple[int, int],
+    class_mix: str,
+    workers: int,
+    chunk_size: int,
+) -> dict[str, list]:
+    """Render the set into the (new, empty) folder ``out``; the stamp, listing every file, comes last."""
+    h, w = shape
+    for split in _SPLITS:
+        (out / f"{split}_images").mkdir()
     train_ids, test_ids = image_ids(seed, n_train, n_test)
     tasks = []
     for split, ids in (("train", train_ids), ("test", test_ids)):
@@ -208,19 +382,14 @@ def generate_dataset(
         "seed": int(seed),
         "class_mix": class_mix,
     }
+    files = [
+        *_CSV_NAMES[:3],
+        *(f"train_images/{i}" for i in train_ids),
+        *(f"test_images/{i}" for i in test_ids),
+    ]
     with atomic_write(out / STAMP_NAME, "w", encoding="utf-8") as fh:
-        json.dump({**stamp, "shape": [h, w]}, fh)
-    seconds = time.perf_counter() - t0
-    n = n_train + n_test
-    return {
-        "out": str(out),
-        "shape": [h, w],
-        "seed": int(seed),
-        "train": _split_summary(rows["train"]),
-        "test": _split_summary(rows["test"]),
-        "seconds": seconds,
-        "images_per_s": n / seconds if seconds > 0 else float("inf"),
-    }
+        json.dump({**stamp, "shape": [h, w], "files": files}, fh)
+    return rows
 
 
 def read_stamp(out: str | Path) -> dict | None:
@@ -266,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=DEFAULT_SHAPE[1], help="image width (default 1600)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace the outputs of a previous run in OUT"
+        "--overwrite",
+        action="store_true",
+        help="replace a synthetic set this generator made in OUT (its synthetic.json stamp lists every file); a folder holding anything else is always refused",
     )
     parser.add_argument(
         "--class-mix",

@@ -16,6 +16,9 @@ from three real sources (``--real`` is the folder described in its README):
   black off-steel band (share of images, width quantiles, side).
 
 Only summary numbers (probabilities, quantiles, a correlation) are stored: a few hundred floats.
+
+``--out`` may not lie inside ``--real``, and an existing ``--out`` is replaced only when it is a parameters
+file (a JSON object with the keys :func:`derive_params` writes); both are checked before the derivation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,9 +34,19 @@ from typing import Any
 
 import numpy as np
 
+from steel_defect.guard import UnsafeWriteError, refuse_onto_inputs, refuse_unless_own
 from steel_defect.io import atomic_write
 
-__all__ = ["PARAMS_PATH", "QUANTILES", "derive_params", "load_params", "main", "sample_quantiles"]
+__all__ = [
+    "PARAMS_PATH",
+    "QUANTILES",
+    "check_out",
+    "derive_params",
+    "is_params_file",
+    "load_params",
+    "main",
+    "sample_quantiles",
+]
 
 PARAMS_PATH = Path(__file__).with_name("params.json")
 #: Quantile levels stored for every distribution (0, 5, ..., 100 %).
@@ -40,6 +54,11 @@ QUANTILES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 #: Objects-per-image histograms are capped here (the last bin holds "this many or more").
 MAX_OBJECTS = 12
 REFERENCE_SHAPE = (256, 1600)
+#: The keys of a parameters file: those :func:`load_params` needs, and all that :func:`derive_params` writes.
+REQUIRED_KEYS = frozenset({"class_sets", "objects", "texture", "band"})
+PARAM_KEYS = REQUIRED_KEYS | {"reference_shape", "quantile_levels", "sources"}
+#: A parameters file is a few KB; a larger JSON file is not one.
+MAX_PARAMS_BYTES = 16_000_000
 
 
 def sample_quantiles(rng: np.random.Generator, q: Sequence[float], u: float | None = None) -> float:
@@ -56,7 +75,7 @@ def load_params(path: str | None = None) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read synthetic-generator parameters {p}: {err}") from err
-    missing = {"class_sets", "objects", "texture", "band"} - set(doc)
+    missing = REQUIRED_KEYS - set(doc)
     if missing:
         raise ValueError(f"{p}: missing keys {sorted(missing)}")
     return doc
@@ -175,6 +194,24 @@ def derive_params(real: str | Path, classes: Sequence[int] = (1, 2, 3, 4)) -> di
     }
 
 
+def is_params_file(path: Path) -> bool:
+    """True when ``path`` is a JSON object whose keys are those of a parameters file (:data:`PARAM_KEYS`,
+    at least :data:`REQUIRED_KEYS`): what :func:`main` writes."""
+    try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(doc, dict) and REQUIRED_KEYS <= set(doc) <= PARAM_KEYS
+
+
+def check_out(out: str | os.PathLike, real: str | os.PathLike) -> None:
+    """Refuse an ``out`` inside (or above) the ``real`` input folder, or an existing non-parameters file."""
+    refuse_onto_inputs(out, what="--out", input_dirs=[real])
+    refuse_unless_own(out, is_params_file, what="--out", kind="synthetic-generator parameters JSON")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="python -m steel_defect.synthetic.params",
@@ -183,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--real", type=Path, required=True, help="the severstal-real folder")
     parser.add_argument("--out", type=Path, default=PARAMS_PATH, help=f"output JSON (default {PARAMS_PATH})")
     args = parser.parse_args(argv)
+    try:
+        check_out(args.out, args.real)  # before the (long) derivation and the write
+    except UnsafeWriteError as err:
+        parser.exit(2, f"error: {err}\n")
     params = derive_params(args.real)
     with atomic_write(args.out, "w", encoding="utf-8") as fh:
         json.dump(params, fh, indent=1)
