@@ -33,22 +33,32 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# End to end on CPU: synthetic data (generated once into data/synthetic, regenerated if the generator changed),
-# 360 steps (about 10 min on 2 cores) of the offline-pretrained Lite1 U-Net, threshold tuning on the validation split and the
-# held-out test split's Dice (raw / defaults / tuned, printed), then prediction + evaluation of the synthetic
-# test images (Kaggle Dice beside the all-empty baseline) + overlays, and the same on real Severstal images.
+# The demo, on real steel when there is some: DATA=DIR (Kaggle layout: train.csv + train_images/), else the
+# 27 real labelled images in ../shared when present. It trains the few-shot recipe (experiment=fewshot_cpu:
+# a 3-fold ensemble, about 10-15 minutes on 2 cores), prints its out-of-fold (held-out) Dice beside the
+# all-empty submission, then predicts DIR/test_images (submission + overlays). Without real data: the
+# synthetic demo (experiment=demo_cpu, about 10 minutes). Nothing is ever written into the data folder; only
+# a folder this target made (it holds .steel-defect-demo) is replaced.
+DATA ?=
 demo: install
-	rm -rf $(DEMO_DIR)
-	$(PY) train.py experiment=demo_cpu hydra.run.dir=$(DEMO_DIR)/run
-	$(PY) predict.py task=evaluate ckpt=$(DEMO_DIR)/run/checkpoints/best.ckpt data.root=data/synthetic \
-		out=$(DEMO_DIR)/submission.csv overlays=8 overlays_dir=$(DEMO_DIR)/overlays
-	@if [ -f $(REAL_DIR)/train.csv ]; then \
-		echo "--- the same model on real Severstal steel ($(REAL_DIR), never trained or tuned on) ---"; \
-		$(PY) predict.py task=evaluate ckpt=$(DEMO_DIR)/run/checkpoints/best.ckpt data.images=$(REAL_DIR)/train_images \
-			data.labels=$(REAL_DIR)/train.csv out=$(DEMO_DIR)/real/submission.csv overlays=8 \
-			overlays_dir=$(DEMO_DIR)/real/overlays; \
-	else echo "($(REAL_DIR) not found: no real-steel evaluation)"; fi
-	@echo "demo outputs: $(DEMO_DIR) (submission.csv, evaluation.json, overlays/, real/, run/)"
+	@if [ -e "$(DEMO_DIR)" ] && [ ! -f "$(DEMO_DIR)/.steel-defect-demo" ]; then \
+		echo "refusing to replace $(DEMO_DIR): it exists and is not a folder make demo made (set DEMO_DIR=...)"; exit 2; fi
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/.steel-defect-demo
+	@data="$(DATA)"; why="DATA=$(DATA)"; \
+	if [ -z "$$data" ] && [ -f "$(REAL_DIR)/train.csv" ]; then data="$(REAL_DIR)"; why="the real labelled images in $(REAL_DIR)"; fi; \
+	if [ -n "$$data" ]; then \
+		echo "=== few-shot demo on real steel: $$why (experiment=fewshot_cpu; scores are out of fold: each image predicted by the fold model that never saw it) ==="; \
+		$(PY) train.py experiment=fewshot_cpu data=severstal data.root=$$data hydra.run.dir=$(DEMO_DIR)/run || exit 1; \
+		if [ -d "$$data/test_images" ]; then \
+			$(PY) predict.py ckpt=$(DEMO_DIR)/run data.root=$$data out=$(DEMO_DIR)/submission.csv overlays=8 \
+				overlays_dir=$(DEMO_DIR)/overlays || exit 1; fi; \
+	else \
+		echo "=== synthetic demo: no DATA=DIR and no real labelled images at $(REAL_DIR) (experiment=demo_cpu) ==="; \
+		$(PY) train.py experiment=demo_cpu hydra.run.dir=$(DEMO_DIR)/run || exit 1; \
+		$(PY) predict.py task=evaluate ckpt=$(DEMO_DIR)/run data.root=data/synthetic \
+			out=$(DEMO_DIR)/submission.csv overlays=8 overlays_dir=$(DEMO_DIR)/overlays || exit 1; \
+	fi
+	@echo "demo outputs: $(DEMO_DIR) (run/ with model.yaml, submission.csv, overlays/)"
 
 clean:
 	rm -rf outputs multirun .pytest_cache

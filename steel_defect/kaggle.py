@@ -50,6 +50,7 @@ from typing import Any
 from steel_defect import __version__
 from steel_defect.guard import UnsafeWriteError, refuse_broad_dir, refuse_onto_inputs
 from steel_defect.io import atomic_save, atomic_write
+from steel_defect.run_record import resolve_ckpt_arg
 from steel_defect.wheels import (
     _sha256_file,
     build_project_wheel,
@@ -413,6 +414,8 @@ def build_bundle(
         )
     opt = {**BUNDLE_DEFAULTS, **options}
     ckpts = [Path(p) for p in _as_list("ckpt", ckpt)]
+    if ckpts and isinstance(opt["thresholds"], str):  # ckpt=RUN: the run's model and its thresholds
+        ckpts, opt["thresholds"] = resolve_ckpt_arg(ckpts, opt["thresholds"].strip())
     if not ckpts:
         raise ValueError("ckpt is required: ckpt=PATH or ckpt=[a.ckpt,b.ckpt]")
     for path in ckpts:

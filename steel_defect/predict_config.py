@@ -15,6 +15,7 @@ import torch
 
 from steel_defect.checks import boolean, choice, integer, path
 from steel_defect.predictor import RUNTIMES, TTA_TRANSFORMS
+from steel_defect.run_record import resolve_ckpt_arg
 from steel_defect.submission import SUBMISSION_FORMATS
 from steel_defect.thresholds import THRESHOLD_MODES
 
@@ -134,14 +135,15 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
             torch.device(device)
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"device={device!r} is not valid (auto, cpu, cuda, cuda:N): {err}") from err
+    resolved, thresholds = resolve_ckpt_arg(ckpts, thresholds.strip())  # ckpt=RUN: the run's model
     exp, quant = c["export"], c["quantize"]
     out = path("out", c["out"])
     if out is None:
         raise ValueError("out must be a file path such as submission.csv")
     return PredictConfig(
         task=task,
-        ckpt=tuple(Path(os.path.expanduser(str(p))) for p in ckpts),
-        thresholds=thresholds.strip(),
+        ckpt=tuple(resolved),
+        thresholds=thresholds,
         root=path("data.root", data["root"]),
         images=images if images is not None else alias,
         labels=path("data.labels", data["labels"]),

@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 )
 
 from steel_defect.metrics import KaggleDice
-from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION
+from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION, init_net_from_checkpoint
 from steel_defect.models.factory import SteelNet, build_model, resolve_config
 from steel_defect.models.losses import SegClsLoss
 from steel_defect.plain import to_plain
@@ -145,6 +145,7 @@ class SteelDefectModule(L.LightningModule):
         compile: bool = False,
         cls_threshold: float = 0.5,
         class_names: list[str] | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         net = to_plain(net, "model.net", strict=True)
@@ -193,11 +194,14 @@ class SteelDefectModule(L.LightningModule):
                 "compile": compile,
                 "cls_threshold": float(cls_threshold),
                 "class_names": names,
+                "init_from": None if init_from is None else str(init_from),
             }
         )
         _check_keys(loss, inspect.signature(SegClsLoss).parameters, "model.loss")
         self.criterion = SegClsLoss(**loss)  # validates before any weights download
         self.net: SteelNet = build_model(net)
+        if init_from is not None:  # the network's weights only: optimizer, schedule and epoch start afresh
+            init_net_from_checkpoint(self.net, net, self.class_names, init_from)
         classes = int(net["classes"])
         self.eval_metrics = torch.nn.ModuleDict(
             {

@@ -14,6 +14,7 @@ import yaml
 
 from steel_defect.checks import choice, integer, number
 from steel_defect.predictor import RUNTIMES, check_tta
+from steel_defect.run_record import resolve_ckpt_arg
 
 HOSTS: tuple[str, ...] = ("127.0.0.1", "0.0.0.0", "::")
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -64,10 +65,12 @@ def parse_settings(values: Mapping[str, Any]) -> ServeSettings:
     ckpts = [ckpt] if isinstance(ckpt, str | os.PathLike) else ckpt
     if not isinstance(ckpts, Sequence) or not all(isinstance(p, str | os.PathLike) for p in ckpts):
         raise ValueError(f"ckpt must be a path or a list of paths, got {ckpt!r}")
+    d = {k: values.get(k, FIELDS[k].default) for k in FIELDS if k != "ckpt"}
+    if isinstance(d["thresholds"], str):  # ckpt=RUN: the run's model, with its thresholds when auto
+        ckpts, d["thresholds"] = resolve_ckpt_arg(ckpts, d["thresholds"].strip())
     missing = [str(p) for p in ckpts if not Path(os.path.expanduser(str(p))).is_file()]
     if missing:
         raise FileNotFoundError(f"ckpt: not found: {', '.join(missing)}")
-    d = {k: values.get(k, FIELDS[k].default) for k in FIELDS if k != "ckpt"}
     tta = d["tta"] or []
     if isinstance(tta, str) or not isinstance(tta, Sequence):
         raise ValueError(f"tta must be a list such as [hflip], got {tta!r}")
