@@ -28,7 +28,13 @@ import numpy as np
 
 from steel_defect import NUM_CLASSES
 from steel_defect.io import ImageReadError, list_images, read_image
-from steel_defect.onnx_meta import IMAGE_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAMES, parse_metadata
+from steel_defect.onnx_meta import (
+    IMAGE_OUTPUT_NAME,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    parse_metadata,
+    weights_fingerprint,
+)
 from steel_defect.tta import TTA_FLIPS, check_tta
 
 __all__ = ["OrtModel", "OrtPredictor", "probabilities"]
@@ -68,10 +74,21 @@ class OrtModel:
         options.log_severity_level = 3  # errors only
         if threads is not None:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        # One read: the session runs, and the fingerprint hashes, the very same bytes.
+        data = self.path.read_bytes()
+        try:
+            self.session = ort.InferenceSession(
+                data, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as err:  # noqa: BLE001 (InvalidProtobuf, Fail, InvalidGraph, RecursionError, ...)
+            raise ValueError(
+                f"{self.path}: not a valid ONNX model ({type(err).__name__}: {str(err)[:300]}); "
+                "export one with python predict.py task=export ckpt=..."
+            ) from err
         self.meta = parse_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
+        #: the hash of the weights this session runs (None without the onnx package); the metadata's
+        #: ``fingerprint`` is only what the export claimed for its source checkpoint
+        self.weights_fingerprint = weights_fingerprint(data, self.path)
         names = [o.name for o in self.session.get_outputs()]
         if names not in (list(OUTPUT_NAMES), [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME]):
             raise ValueError(f"{self.path}: unexpected outputs {names}")

@@ -84,6 +84,14 @@ def _check_prob(name: str, value: Any, allow_none: bool) -> float | None:
     return value
 
 
+#: The largest pixel count an area limit may name (int32: far above any image; null means "no limit").
+MAX_AREA_VALUE = 2**31 - 1
+#: The largest side of ``reference_shape`` (a Severstal image is [256, 1600]).
+MAX_REFERENCE_SIDE = 65536
+#: A thresholds file larger than this is refused before it is parsed.
+MAX_THRESHOLDS_BYTES = 1 << 20
+
+
 def _check_area(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -93,6 +101,8 @@ def _check_area(name: str, value: Any) -> int | None:
         value = int(value)
     if not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+    if value > MAX_AREA_VALUE:
+        raise ValueError(f"{name}={value} is larger than any image ({MAX_AREA_VALUE}); use null for no limit")
     return int(value)
 
 
@@ -161,6 +171,11 @@ class PostprocessParams:
             ):
                 raise ValueError(
                     f"reference_shape must be [height, width] positive integers or None, got {ref!r}"
+                )
+            if max(ref) > MAX_REFERENCE_SIDE:
+                raise ValueError(
+                    f"reference_shape={list(ref)}: each side must be at most {MAX_REFERENCE_SIDE} pixels "
+                    "(a Severstal image is [256, 1600])"
                 )
             self.reference_shape = [int(v) for v in ref]
 
@@ -440,12 +455,37 @@ def save_thresholds(
     return path
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (a thresholds file never needs them; they make alias bombs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases are not allowed in a thresholds file (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_thresholds_yaml(path: str | os.PathLike) -> Any:
+    """The YAML document of a thresholds file: at most :data:`MAX_THRESHOLDS_BYTES`, no tags (safe
+    loader), no aliases; errors name the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_THRESHOLDS_BYTES:
+        raise ValueError(
+            f"{path}: {size} bytes is too large for a thresholds file (at most {MAX_THRESHOLDS_BYTES})"
+        )
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def is_thresholds_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a thresholds file as :func:`save_thresholds` writes it (a YAML mapping with
     ``params``), so a new one may replace it."""
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        doc = read_thresholds_yaml(path)
+    except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(doc, Mapping) and isinstance(doc.get("params"), Mapping)
 
@@ -454,10 +494,7 @@ def load_thresholds(path: str | os.PathLike, num_classes: int | None = NUM_CLASS
     """Read the params written by ``save_thresholds`` (a bare params mapping is accepted too);
     ``num_classes`` None: as many classes as the file has."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    doc = read_thresholds_yaml(path)
     if not isinstance(doc, Mapping):
         raise ValueError(f"{path}: expected a YAML mapping with a 'params' key, got {type(doc).__name__}")
     params = doc["params"] if "params" in doc else doc

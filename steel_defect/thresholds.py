@@ -67,7 +67,6 @@ def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> di
     """What the thresholds of ``source`` (from :func:`resolve_thresholds`) were tuned for: ``{"fingerprints",
     "tta"}`` from a thresholds.yaml's meta or an ONNX model's stored thresholds; None when unknown (defaults,
     raw, the checkpoint's own post-processing, or a file written before fingerprints existed)."""
-    import yaml
 
     if source.startswith(STORED_TUNED):
         tuned = (meta or {}).get("tuned_thresholds") or {}
@@ -75,7 +74,9 @@ def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> di
     path = Path(source)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return None
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from steel_defect.postprocess import read_thresholds_yaml
+
+    doc = read_thresholds_yaml(path) or {}
     file_meta = doc.get("meta") if isinstance(doc, Mapping) else None
     if not isinstance(file_meta, Mapping) or not file_meta.get("fingerprints"):
         return None

@@ -35,7 +35,9 @@ def fold_run(small_synthetic, tmp_path_factory) -> Path:
     cfg = compose_train([*FOLD_RUN, "data=severstal", f"data.root={small_synthetic}"], tmp)
     metrics = run(cfg)
     assert 0.0 <= metrics["oof/dice_default"] <= 1.0 and 0.0 <= metrics["oof/dice_tuned"] <= 1.0
-    assert metrics["oof/dice_empty"] == pytest.approx(1 - small_synthetic_defect_pairs(small_synthetic) / (40 * 4))
+    assert metrics["oof/dice_empty"] == pytest.approx(
+        1 - small_synthetic_defect_pairs(small_synthetic) / (40 * 4)
+    )
     return tmp / "run"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import cv2
@@ -869,3 +870,31 @@ def test_image_gate_params_yaml_round_trip_and_old_files(tmp_path: Path):
     assert yaml.safe_load(path.read_text())["report"]["image_gate"]["img_source"] == "max_cls"
     old_report = {k: v for k, v in report.items() if k != "image_gate"}
     assert len(format_tuning_report(old_report).splitlines()) == 8
+
+
+def test_thresholds_files_with_absurd_values_or_alias_bombs_are_refused_naming_file_and_key(tmp_path):
+    """Security review L8: well-typed but absurd areas and reference shapes, aliases and huge files."""
+    from steel_defect.postprocess import MAX_THRESHOLDS_BYTES, load_thresholds
+
+    cases = {
+        "huge_area.yaml": (
+            "params: {max_area: [100000000000000000000000000000000000000, null, null, null]}\n",
+            "max_area",
+        ),
+        "huge_ref.yaml": ("params: {reference_shape: [100000000000000000000000, 1]}\n", "reference_shape"),
+        "wide_ref.yaml": ("params: {reference_shape: [256, 70000]}\n", "reference_shape=[256, 70000]"),
+        "alias.yaml": ("a: &a [1, 1]\nb: [*a, *a]\nparams: {}\n", "aliases are not allowed"),
+    }
+    for name, (text, needle) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(needle)) as err:
+            load_thresholds(path)
+        assert str(path) in str(err.value)
+    big = tmp_path / "big.yaml"
+    big.write_text("params: {}\n" + "#" * MAX_THRESHOLDS_BYTES)
+    with pytest.raises(ValueError, match="too large for a thresholds file"):
+        load_thresholds(big)
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("params: {reference_shape: [256, 1600], max_area: [15500, 10000, 160000, 127000]}\n")
+    assert load_thresholds(fine).max_area == [15500, 10000, 160000, 127000]

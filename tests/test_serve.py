@@ -1,11 +1,15 @@
 """The inspection service, run as a user runs it (``python -m steel_defect.serve``) on 127.0.0.1: answers
 equal the Predictor's, every client mistake is a 4xx JSON error after which the next request is served,
-dynamic batches of mixed sizes stay correct; and its pure parts (settings, upload checks, result JSON)."""
+dynamic batches of mixed sizes stay correct (hostile uploads in the same batch included), the gallery
+serves only regular files inside its folder, answers carry no filesystem paths, /metrics counts; and its
+pure parts (settings, upload checks, result JSON). Auth, limits, stopping, load and deployment:
+tests/test_serve_*.py."""
 
 from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import shutil
@@ -62,18 +66,57 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, dict]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-class Service:
-    """A ``python -m steel_defect.serve`` process in its own process group, stopped by its PID."""
+def pil_bytes(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> bytes:
+    """An image of ``size`` (width, height) encoded by Pillow as ``fmt``."""
+    from PIL import Image
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    buf = io.BytesIO()
+    Image.new(mode, size, 90).save(buf, fmt)
+    return buf.getvalue()
+
+
+#: hostile or refused uploads: (bytes, status, words of the detail)
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Service:
+    """A ``python -m steel_defect.serve`` process in its own process group, stopped by its PID (``env``:
+    extra environment variables, e.g. the API key)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = log
+        environ = {
+            k: v for k, v in os.environ.items() if k not in ("STEEL_DEFECT_API_KEY", "LIT_SERVER_API_KEY")
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "steel_defect.serve", *args, f"port={self.port}", "host=127.0.0.1"],
             cwd=REPO,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**environ, **(env or {})},
         )
 
     def wait_healthy(self, seconds: float = 120) -> None:
@@ -94,13 +137,21 @@ class Service:
         )
 
     def stop(self) -> None:
+        """SIGTERM to the PID we started (as systemd and docker do), then to its group if anything is left."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while group_pids(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in group_pids(
+            self.proc.pid
+        ):  # never reached when SIGTERM works (tests/test_serve_lifecycle.py)
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +161,28 @@ def run_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(run_files, tmp_path_factory) -> Path:
-    """The viewer's folder: real Severstal test images where ../shared is present, else synthetic ones."""
+    """The viewer's folder: real Severstal test images where ../shared is present, else synthetic ones; plus
+    what must never be served (M2): symlinks to a secret outside it and to /etc/passwd, a fifo."""
     out = tmp_path_factory.mktemp("viewer_images")
     source = sorted(REAL_TEST.glob("*.jpg"))[:3] if REAL_TEST.is_dir() else []
     source = source or sorted((run_files["data"] / "test_images").glob("*.jpg"))[:3]
     for p in source:
         shutil.copy(p, out / p.name)
+    secret = out.parent / "secret.txt"
+    secret.write_text("secret\n")
+    (out / "leak.jpg").symlink_to(secret)
+    (out / "passwd.png").symlink_to("/etc/passwd")
+    os.mkfifo(out / "pipe.jpg")
+    (out / "notes.png").write_text("not an image")
     return out
+
+
+def regular_images(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.jpg") if p.is_file() and not p.is_symlink())
+
+
+def image_paths(folder: Path) -> list[Path]:
+    return [folder / name for name in regular_images(folder)]
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +249,7 @@ def test_health_model_and_viewer_page(service, predictor):
 
 
 def test_raw_bytes_and_multipart_answer_what_the_predictor_predicts(service, folder, predictor, run_files):
-    path = sorted(folder.glob("*.jpg"))[0]
+    path = image_paths(folder)[0]
     data = path.read_bytes()
     status, _, body = request(
         service.port, "POST", "/predict?name=a.jpg", data, {"Content-Type": "image/jpeg"}
@@ -207,7 +273,7 @@ def test_raw_bytes_and_multipart_answer_what_the_predictor_predicts(service, fol
 
 
 def test_overlay_png_on_request(service, folder):
-    path = sorted(folder.glob("*.jpg"))[1]
+    path = image_paths(folder)[1]
     status, _, body = request(service.port, "POST", "/predict?overlay=1", path.read_bytes())
     doc = json.loads(body)
     assert status == 200 and "overlay_png" in doc
@@ -233,13 +299,36 @@ def test_overlay_png_on_request(service, folder):
             400,
             "multipart",
         ),
+        # H2 + M5: formats Pillow knows but the service does not take, refused by name before any decoder
+        (lambda good: (pil_bytes("ICO", (32, 32)), {}), 415, "ICO format"),
+        (lambda good: (pil_bytes("PCX"), {}), 415, "PCX format"),
+        (lambda good: (pil_bytes("GIF"), {"Content-Type": "image/jpeg"}), 415, "GIF format"),
+        (lambda good: (EPS, {}), 415, "PostScript/EPS format"),
+        (lambda good: (pil_bytes("WEBP"), {}), 415, "formats="),
+        # H1: pixel bombs, refused from the header (97 KB and 25 KB PNGs)
+        (lambda good: (pil_bytes("PNG", (10000, 10000), "L"), {}), 413, "max_pixels=6,553,600"),
+        (lambda good: (pil_bytes("PNG", (100000, 256), "L"), {}), 413, "100000x256 pixels"),
     ],
-    ids=["empty", "not-an-image", "truncated-jpeg", "corrupt", "too-large", "bad-multipart"],
+    ids=[
+        "empty",
+        "not-an-image",
+        "truncated-jpeg",
+        "corrupt",
+        "too-large",
+        "bad-multipart",
+        "ico",
+        "pcx",
+        "gif",
+        "eps",
+        "webp",
+        "bomb-10000x10000",
+        "wide-100000x256",
+    ],
 )
 def test_client_mistakes_get_a_4xx_json_error_and_the_next_request_is_served(
     service, folder, make, status, words
 ):
-    good = sorted(folder.glob("*.jpg"))[0].read_bytes()
+    good = image_paths(folder)[0].read_bytes()
     body, headers = make(good)
     got, ctype, answer = request(service.port, "POST", "/predict", body, headers)
     assert got == status and "application/json" in ctype, answer
@@ -249,18 +338,20 @@ def test_client_mistakes_get_a_4xx_json_error_and_the_next_request_is_served(
 
 
 def test_concurrent_requests_of_mixed_sizes_are_batched_correctly(service, folder, predictor):
-    """16 requests from 4 threads, two sizes, interleaved with bad uploads: every good answer equals the
-    Predictor's for its image (dynamic batches never mix answers up), every bad one is a 4xx."""
-    base = rgb(sorted(folder.glob("*.jpg"))[0])
+    """16 requests from 4 threads, two sizes, interleaved with bad uploads (H2: ICO and PCX, which passed the
+    old check and failed the whole batch in the worker): every good answer equals the Predictor's for its
+    image (dynamic batches never mix answers up, a bad upload never fails another), every bad one a 4xx."""
+    base = rgb(image_paths(folder)[0])
     images = [base, cv2.resize(base, (320, 64))]
     encoded = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images]
-    jobs = [(i % 2, encoded[i % 2] if i % 5 else b"garbage") for i in range(16)]
-    with ThreadPoolExecutor(4) as pool:
+    poison = [b"garbage", pil_bytes("ICO", (32, 32)), pil_bytes("PCX")]
+    jobs = [(i % 2, encoded[i % 2] if i % 3 else poison[i % 9 // 3]) for i in range(18)]
+    with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda j: request(service.port, "POST", "/predict", j[1]), jobs))
     docs = {}
     for (which, data), (status, _, body) in zip(jobs, answers, strict=True):
-        if data == b"garbage":
-            assert status == 415
+        if data in poison:
+            assert status == 415, body
         else:
             assert status == 200, body
             docs.setdefault(which, []).append(json.loads(body))
@@ -271,14 +362,58 @@ def test_concurrent_requests_of_mixed_sizes_are_batched_correctly(service, folde
 
 
 def test_folder_listing_and_no_path_traversal(service, folder):
+    """M2 + L2: only regular image files inside images=DIR are listed and served (the symlinks to a secret
+    outside and to /etc/passwd, the fifo and the text file named .png are not), names only, no paths."""
     status, _, body = request(service.port, "GET", "/api/images")
     listing = json.loads(body)
-    assert status == 200 and listing["images"] == sorted(p.name for p in folder.glob("*.jpg"))
+    assert status == 200 and listing["images"] == regular_images(folder)
+    assert listing["folder"] == folder.name and "/" not in body.decode()
     name = listing["images"][0]
-    status, _, body = request(service.port, "GET", f"/api/images/{name}")
-    assert status == 200 and body == (folder / name).read_bytes()
-    for bad in ("..%2F..%2Fetc%2Fpasswd", "nope.jpg"):
-        assert request(service.port, "GET", f"/api/images/{bad}")[0] == 404
+    status, ctype, body = request(service.port, "GET", f"/api/images/{name}")
+    assert status == 200 and body == (folder / name).read_bytes() and ctype == "image/jpeg"
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "nope.jpg", "leak.jpg", "passwd.png", "pipe.jpg"):
+        status, _, body = request(service.port, "GET", f"/api/images/{bad}")
+        assert status == 404 and b"root:" not in body and b"secret" not in body, (bad, body)
+    # a listed name swapped for a link out after the listing is refused too (checked on the open file)
+    (folder / "late.jpg").symlink_to(folder.parent / "secret.txt")
+    assert request(service.port, "GET", "/api/images/late.jpg")[0] == 404
+    (folder / "late.jpg").unlink()
+
+
+def test_no_filesystem_paths_and_no_docs_by_default(service, run_files):
+    """L2: /info, /api/model and the answers name files, never folders; /docs and /openapi.json are off."""
+    run_dir = str(run_files["a"].parent)
+    for path in ("/info", "/api/model", "/api/images"):
+        status, _, body = request(service.port, "GET", path)
+        assert status == 200 and run_dir not in body.decode() and str(REPO) not in body.decode()
+    info = json.loads(request(service.port, "GET", "/api/model")[2])
+    assert "/" not in info["thresholds"]["source"] and info["checkpoints"] == [run_files["a"].name]
+    assert info["max_pixels"] == 16 * 256 * 1600 and info["formats"] == ["JPEG", "PNG", "BMP", "TIFF"]
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert request(service.port, "GET", path)[0] == 404
+
+
+def test_metrics_in_prometheus_format(service, folder, predictor):
+    """/metrics: requests by route and code, latency histogram, batch sizes, errors by code, the model."""
+    good = image_paths(folder)[0].read_bytes()
+    assert request(service.port, "POST", "/predict", good)[0] == 200
+    assert request(service.port, "POST", "/predict", b"junk")[0] == 415
+    status, ctype, body = request(service.port, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4"), text[:300]
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    assert values['steel_defect_http_requests_total{route="/predict",code="200"}'] >= 1
+    assert values['steel_defect_http_errors_total{code="415"}'] >= 1
+    assert values['steel_defect_http_request_duration_seconds_count{route="/predict"}'] >= 2
+    assert values['steel_defect_http_request_duration_seconds_bucket{route="/predict",le="+Inf"}'] >= 2
+    assert values["steel_defect_batch_size_count"] >= 1 and values["steel_defect_batch_size_sum"] >= 1
+    assert 'steel_defect_batch_size_bucket{le="4"}' in values  # buckets 1..max_batch_size
+    fingerprint = predictor.fingerprints()[0]
+    assert any(k.startswith("steel_defect_model_info{") and fingerprint in k for k in values)
 
 
 def test_a_bad_checkpoint_stops_the_service_at_start_with_its_message(tmp_path):
@@ -314,6 +449,9 @@ def test_settings_parse_and_refuse_with_the_key(tmp_path):
         ([f"ckpt={ckpt}", "colour=red"], "unknown setting"),
         ([f"ckpt={ckpt}", "tta=[rot90]"], "unknown tta"),
         ([f"ckpt={ckpt}", "host=10.0.0.1"], "host='10.0.0.1' is not valid"),
+        ([f"ckpt={ckpt}", "max_pixels=0"], "max_pixels must be"),
+        ([f"ckpt={ckpt}", "formats=[JPEG, GIF]"], "GIF"),
+        ([f"ckpt={ckpt}", "read_timeout=0"], "read_timeout must be"),
         ([f"ckpt={ckpt}", "max_batch_size=0"], "max_batch_size must be"),
         ([f"ckpt={ckpt}", f"images={tmp_path / 'nowhere'}"], "not a folder"),
         (["port"], "key=value"),
@@ -327,11 +465,17 @@ def test_check_image_accepts_complete_images_only():
     assert check_image(jpg.tobytes()) == ("JPEG", 20, 30)
     ok, png = cv2.imencode(".png", np.zeros((5, 7), np.uint8))
     assert check_image(png.tobytes()) == ("PNG", 5, 7)
+    assert check_image(pil_bytes("BMP")) == ("BMP", 30, 40)
+    assert check_image(pil_bytes("TIFF")) == ("TIFF", 30, 40)
     for data, status in (
         (b"", 400),
         (b"GIF? no", 415),
         (png.tobytes()[: len(png) // 2], 400),
         (jpg.tobytes()[:100], 400),
+        (pil_bytes("ICO", (32, 32)), 415),
+        (pil_bytes("PCX"), 415),
+        (EPS, 415),
+        (pil_bytes("PNG", (10000, 10000), "L"), 413),
     ):
         with pytest.raises(UploadError) as info:
             check_image(data)

@@ -1,8 +1,9 @@
 """The viewer page in a real browser: headless Chromium (Debian's package) loads ``GET /`` from the service,
-a real Severstal test image is uploaded through the page's file input, and the rendered result is checked
-against the Predictor: the class table (areas, kept), the canvas (every shown mask pixel tinted, nothing
-tinted once the class toggles are off) and the gallery. Driven over the DevTools protocol; skipped with the
-reason where Chromium is not installed (``make test`` installs it with apt where it can)."""
+which has an API key: the page asks for it (a wrong one is refused on the page), then a real Severstal test
+image is uploaded through the page's file input, and the rendered result is checked against the Predictor:
+the class table (areas, kept), the canvas (every shown mask pixel tinted, nothing tinted once the class
+toggles are off) and the gallery. Driven over the DevTools protocol; skipped with the reason where Chromium
+is not installed (``make test`` installs it with apt where it can)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.test_inference import tiny_run
 from tests.test_serve import REAL_TEST, Service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+KEY = "viewer-test-key-0123456789"
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="Chromium is not installed (apt-get install chromium; make test does it where it can)",
@@ -87,7 +89,11 @@ def setup(tmp_path_factory):
     images = images or sorted((run["data"] / "test_images").glob("*.jpg"))[:2]
     for p in images:
         shutil.copy(p, folder / p.name)
-    svc = Service([f"ckpt={run['a']}", "thresholds=raw", f"images={folder}"], base / "viewer_serve.log")
+    svc = Service(
+        [f"ckpt={run['a']}", "thresholds=raw", f"images={folder}"],
+        base / "viewer_serve.log",
+        env={"STEEL_DEFECT_API_KEY": KEY},
+    )
     profile = tmp_path_factory.mktemp("chromium_profile")
     browser = None
     try:
@@ -165,6 +171,13 @@ def test_upload_a_real_image_through_the_page_and_check_what_it_renders(setup):
     path = setup["images"][0]
     page.call("Page.enable")
     page.call("Page.navigate", url=f"http://127.0.0.1:{svc.port}/")
+    # the service has a key: the page asks for it; a wrong one is refused, the right one opens the viewer
+    page.wait_for("document.body && document.body.dataset.login === '1'")
+    page.eval(
+        "document.getElementById('key').value = 'not-the-key-0123456789'; document.getElementById('login-go').click()"
+    )
+    assert "wrong API key" in page.wait_for("document.getElementById('login-error').textContent")
+    page.eval(f"document.getElementById('key').value = '{KEY}'; document.getElementById('login-go').click()")
     page.wait_for("document.body && document.body.dataset.ready === '1'")
     assert page.eval("document.getElementById('model').textContent").startswith("classes 1, 2, 3, 4")
     # the upload: the file goes through the page's own <input type=file>, as a user picks it

@@ -1,77 +1,33 @@
-"""Request bodies of ``POST /predict`` -> validated image bytes, before anything reaches the model.
+"""Request bodies of ``POST /predict`` -> checked image bytes, before anything reaches the model.
 
 A client's mistake never reaches an inference worker (where, in a dynamic batch, it would fail the other
-requests of the batch too) and never becomes a 500: :class:`UploadMiddleware` reads the body (refusing one
-over the size limit with 413 before reading it all), takes the image from raw bytes or a multipart
-upload, checks that it decodes completely (:func:`check_image`: empty, not an image, truncated each get a
-4xx JSON ``{"detail": ...}``), and hands the endpoint a small JSON body with the bytes base64-encoded.
+requests of the batch too) and never becomes a 500: :class:`UploadMiddleware` reads the body (413 over the
+size limit before reading it all, 408 when it does not arrive within ``read_timeout``, 503 when
+``max_uploads`` bodies are already being read), takes the image from raw bytes or a multipart upload,
+checks it completely with :func:`steel_defect.serve.images.check_image` (format allowed by name, pixels
+within ``max_pixels`` from the header, then decoded: each refusal a 4xx JSON ``{"detail": ...}``), and
+hands the endpoint a small JSON body with the bytes base64-encoded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import io
 import json
+import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-import numpy as np
+from steel_defect.serve.images import UploadError, check_image, decode_image
+from steel_defect.serve.settings import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+
+__all__ = ["FILE_FIELDS", "UploadError", "UploadMiddleware", "check_image", "decode_image"]
 
 #: form field names taken as the image in a multipart upload (else the first file in the form)
 FILE_FIELDS: tuple[str, ...] = ("image", "file")
-
-
-#: file signatures: bytes that start like one of these but do not decode are a corrupt image, not a non-image
-SIGNATURES: dict[bytes, str] = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP"}
-
-
-class UploadError(Exception):
-    """A client mistake: HTTP ``status`` and a message for the JSON ``detail``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def check_image(data: bytes, name: str = "the upload") -> tuple[str, int, int]:
-    """Verify that ``data`` is a complete image file; returns ``(format, height, width)``.
-
-    Raises :class:`UploadError`: 400 for an empty body or a truncated/corrupt image, 415 for bytes that are
-    not an image format, 413 for an image with more pixels than a decompression-bomb limit.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise UploadError(400, f"{name} is empty: send the image's bytes (JPEG or PNG) as the request body")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format or "image"
-            width, height = im.size
-            im.load()
-    except UnidentifiedImageError as err:
-        kind = next((k for sig, k in SIGNATURES.items() if data.startswith(sig)), None)
-        if kind is not None:
-            raise UploadError(400, f"{name} starts like a {kind} file but is truncated or corrupt") from err
-        head = data[:8].hex()
-        raise UploadError(415, f"{name} is not an image (JPEG or PNG expected; first bytes {head})") from err
-    except Image.DecompressionBombError as err:
-        raise UploadError(413, f"{name} has too many pixels: {err}") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UploadError(400, f"{name} is a truncated or corrupt image: {err}") from err
-    if width < 1 or height < 1:
-        raise UploadError(400, f"{name} has no pixels ({width}x{height})")
-    return fmt, height, width
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Image bytes -> RGB uint8 (H, W, 3), decoded exactly as ``predict.py`` reads files (OpenCV)."""
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.size == 0:
-        raise UploadError(400, "the image could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+#: seconds a request waits for one of the ``max_uploads`` slots before it gets 503
+SLOT_WAIT = 1.0
 
 
 def _flag(query: dict[str, list[str]], key: str) -> bool:
@@ -83,20 +39,35 @@ def _flag(query: dict[str, list[str]], key: str) -> bool:
     raise UploadError(400, f"query parameter {key}={value!r}: use 1 or 0")
 
 
-async def _read_body(receive: Any, limit: int, declared: int | None) -> bytes:
+def _too_large(declared: int | None, limit: int) -> str:
+    size = f"upload of {declared} bytes" if declared is not None else "upload"
+    return (
+        f"{size} is over the limit of {limit} bytes (max_upload_mb={limit / 2**20:g}): send a smaller file, "
+        "or start the service with a larger max_upload_mb="
+    )
+
+
+async def _read_body(receive: Any, limit: int, declared: int | None, timeout: float) -> bytes:
     if declared is not None and declared > limit:
-        raise UploadError(
-            413, f"upload of {declared} bytes is over the limit of {limit} bytes (max_upload_mb)"
-        )
+        raise UploadError(413, _too_large(declared, limit))
     chunks, size = [], 0
+    deadline = time.monotonic() + timeout
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError as err:
+            raise UploadError(
+                408,
+                f"the body did not arrive within {timeout:g} s ({size} bytes received"
+                + (f" of {declared} declared" if declared is not None else "")
+                + "): send it at once, or start the service with a larger read_timeout=",
+            ) from err
         if message["type"] == "http.disconnect":
             raise UploadError(400, "the client disconnected before the body was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise UploadError(413, f"upload is over the limit of {limit} bytes (max_upload_mb)")
+            raise UploadError(413, _too_large(None, limit))
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -143,42 +114,44 @@ class UploadMiddleware:
     the answer.
     """
 
-    def __init__(self, app: Any, path: str = "/predict", max_bytes: int = 20 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        app: Any,
+        path: str = "/predict",
+        max_bytes: int = 20 * 1024 * 1024,
+        formats: Sequence[str] = DEFAULT_FORMATS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        stride: int = 32,
+        read_timeout: float = 30.0,
+        max_uploads: int = 8,
+    ) -> None:
         self.app = app
         self.path = path
         self.max_bytes = int(max_bytes)
+        self.formats = tuple(formats)
+        self.max_pixels = int(max_pixels)
+        self.stride = int(stride)
+        self.read_timeout = float(read_timeout)
+        self.max_uploads = int(max_uploads)
+        self.slots = asyncio.Semaphore(self.max_uploads)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        from starlette.concurrency import run_in_threadpool
-        from starlette.datastructures import Headers
         from starlette.responses import JSONResponse
 
-        headers = Headers(scope=scope)
         try:
-            try:
-                declared = int(headers["content-length"]) if "content-length" in headers else None
-            except ValueError as err:
-                raise UploadError(400, f"bad Content-Length {headers['content-length']!r}") from err
-            body = await _read_body(receive, self.max_bytes, declared)
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            name = (query.get("name") or [None])[-1]
-            ctype = headers.get("content-type", "").lower()
-            # Any other content type is the raw file (curl --data-binary sends it as a url-encoded form).
-            if ctype.startswith("multipart/form-data"):
-                body, filename = await _from_multipart(scope, body, self.max_bytes)
-                name = name or filename
-            fmt, height, width = await run_in_threadpool(check_image, body, name or "the upload")
-            payload = {
-                "image": base64.b64encode(body).decode("ascii"),
-                "name": name or f"upload.{fmt.lower()}",
-                "overlay": _flag(query, "overlay") if "overlay" in query else False,
-                "size": [height, width],
-            }
+            payload = await self._checked(scope, receive)
         except UploadError as err:
-            await JSONResponse({"detail": err.detail}, status_code=err.status)(scope, receive, send)
+            # 408: the rest of the body is not coming, close. Otherwise uvicorn drains (discards) what the
+            # client still sends, so an honest client reads its 413/503 instead of a broken pipe; the
+            # request deadline (limits.py) bounds that.
+            headers = {"connection": "close"} if err.status == 408 else {}
+            if err.status == 503:
+                headers["retry-after"] = "1"
+            response = JSONResponse({"detail": err.detail}, status_code=err.status, headers=headers)
+            await response(scope, receive, send)
             return
         data = json.dumps(payload).encode("ascii")
         rest = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
@@ -200,3 +173,44 @@ class UploadMiddleware:
             return {"type": "http.request", "body": data, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _checked(self, scope: dict, receive: Any) -> dict[str, Any]:
+        """Read and check the upload while holding one of the ``max_uploads`` slots -> the JSON payload."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        try:
+            declared = int(headers["content-length"]) if "content-length" in headers else None
+        except ValueError as err:
+            raise UploadError(400, f"bad Content-Length {headers['content-length']!r}") from err
+        if declared is not None and declared > self.max_bytes:  # refused before waiting for a slot
+            raise UploadError(413, _too_large(declared, self.max_bytes))
+        try:
+            await asyncio.wait_for(self.slots.acquire(), SLOT_WAIT)
+        except asyncio.TimeoutError as err:
+            raise UploadError(
+                503,
+                f"busy: {self.max_uploads} uploads are being received (max_uploads); retry in a moment",
+            ) from err
+        try:
+            body = await _read_body(receive, self.max_bytes, declared, self.read_timeout)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            name = (query.get("name") or [None])[-1]
+            ctype = headers.get("content-type", "").lower()
+            # Any other content type is the raw file (curl --data-binary sends it as a url-encoded form).
+            if ctype.startswith("multipart/form-data"):
+                body, filename = await _from_multipart(scope, body, self.max_bytes)
+                name = name or filename
+            overlay = _flag(query, "overlay") if "overlay" in query else False
+            fmt, height, width = await run_in_threadpool(
+                check_image, body, name or "the upload", self.formats, self.max_pixels, self.stride
+            )
+        finally:
+            self.slots.release()
+        return {
+            "image": base64.b64encode(body).decode("ascii"),
+            "name": name or f"upload.{fmt.lower()}",
+            "overlay": overlay,
+            "size": [height, width],
+        }

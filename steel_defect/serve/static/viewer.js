@@ -7,6 +7,17 @@ const $ = (id) => document.getElementById(id);
 
 function color(k) { return COLORS[k % COLORS.length]; }
 
+// Every request of the page: same-origin, with the session cookie set by the key prompt (when the service
+// has an API key). A 401 means the key changed or the session ended: reload to get the prompt again.
+async function api(url, options = {}) {
+  const resp = await fetch(url, { credentials: "same-origin", ...options });
+  if (resp.status === 401) {
+    location.reload();
+    throw new Error("the API key is needed again");
+  }
+  return resp;
+}
+
 function setStatus(text, kind) {
   const s = $("status");
   s.textContent = text;
@@ -134,7 +145,7 @@ function show(r) {
 async function predict(blob, name) {
   setStatus(`predicting ${name}...`, "busy");
   try {
-    const resp = await fetch(`/predict?name=${encodeURIComponent(name)}`, { method: "POST", body: blob });
+    const resp = await api(`/predict?name=${encodeURIComponent(name)}`, { method: "POST", body: blob });
     const doc = await resp.json();
     if (!resp.ok) throw new Error(`${resp.status}: ${doc.detail || JSON.stringify(doc)}`);
     const bitmap = await createImageBitmap(blob);
@@ -152,17 +163,17 @@ async function predict(blob, name) {
 }
 
 async function pick(name) {
-  const resp = await fetch(`/api/images/${encodeURIComponent(name)}`);
+  const resp = await api(`/api/images/${encodeURIComponent(name)}`);
   if (!resp.ok) { setStatus(`error: cannot read ${name} (${resp.status})`, "error"); return; }
   await predict(await resp.blob(), name);
 }
 
 async function init() {
-  state.model = await (await fetch("/api/model")).json();
+  state.model = await (await api("/api/model")).json();
   $("model").textContent = `classes ${state.model.classes.join(", ")} · ${state.model.checkpoints.join(", ")}`
     + ` · thresholds: ${state.model.thresholds.source}`;
   renderToggles();
-  const listing = await (await fetch("/api/images")).json();
+  const listing = await (await api("/api/images")).json();
   const sel = $("pick");
   if (listing.images.length) {
     sel.innerHTML = "";
