@@ -189,7 +189,8 @@ def one_run(args, variant: str, seed: int, fold: int, n_train: int | None) -> di
 
 
 def _summary(results: list[dict], key: str) -> dict:
-    """Pooled Dice per seed (image-weighted over its folds), then mean and spread over seeds."""
+    """Pooled Dice per seed (image-weighted over its folds), then mean and spread over seeds; a seed whose
+    folds are not all done (an interrupted benchmark) is pooled over the folds it has, and the table says so."""
     seeds = sorted({r["seed"] for r in results})
     pooled, empty, per_class, deltas = [], [], [], []
     for seed in seeds:
@@ -203,6 +204,7 @@ def _summary(results: list[dict], key: str) -> dict:
         deltas.extend((dice.mean(1) - base.mean(1)).tolist())
     return {
         "seeds": len(seeds),
+        "folds_per_seed": [sum(r["seed"] == seed for r in results) for seed in seeds],
         "runs": len(results),
         "dice": float(np.mean(pooled)),
         "dice_sd": float(np.std(pooled, ddof=1)) if len(pooled) > 1 else float("nan"),
@@ -235,14 +237,14 @@ def print_table(rows: list[tuple[str, dict]], title: str) -> None:
         table.add_row(
             name,
             f"{s['n_train']:.0f}",
-            f"{s['runs']} ({s['seeds']} seeds)",
+            f"{s['runs']} (folds per seed: {'/'.join(map(str, s['folds_per_seed']))})",
             f"{s['dice']:.4f} ({s['dice_sd']:.4f})",
             f"{s['empty']:.4f}",
             f"{s['dice'] - s['empty']:+.4f} (folds {s['delta']:+.3f} +- {s['delta_sd']:.3f})",
             " ".join(f"{d:.3f}" for d in s["per_class"]),
             f"{s['minutes']:.1f}",
         )
-    Console().print(table)
+    Console(width=240).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
