@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from steel_defect.data.convert import CURRENT_HEADER
 from steel_defect.guard import csv_header, refuse_onto_inputs, refuse_unless_own
 from steel_defect.predict_config import PredictConfig
 from steel_defect.thresholds import THRESHOLD_MODES
@@ -22,8 +23,6 @@ __all__ = ["check_task_outputs", "is_evaluation_file", "is_onnx_file", "is_pseud
 
 #: (key the user set, path, is it of the task's own kind, that kind in words)
 Output = tuple[str, Path, Callable[[Path], bool], str]
-
-_LABEL_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 
 
 def is_evaluation_file(path: str | os.PathLike) -> bool:
@@ -48,8 +47,8 @@ def is_pseudo_file(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.name.endswith("_empty.txt"):
         csv_path = path.with_name(path.name[: -len("_empty.txt")] + ".csv")
-        return csv_path.is_file() and csv_header(csv_path) == _LABEL_HEADER
-    return csv_header(path) == _LABEL_HEADER and empty_list_path(path).is_file()
+        return csv_path.is_file() and csv_header(csv_path) == CURRENT_HEADER
+    return csv_header(path) == CURRENT_HEADER and empty_list_path(path).is_file()
 
 
 def _inputs(c: PredictConfig) -> tuple[list[Path], list[Path]]:
