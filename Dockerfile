@@ -1,4 +1,4 @@
-# The inspection service (python -m steel_defect.serve) on CPU, as a non-root user, the model mounted read-only.
+# The inspection service (python -m steel_defect.deploy.serve) on CPU, as a non-root user, the model mounted read-only.
 #
 #   docker build -t steel-defect .
 #   docker run -d --name steel-defect -p 8000:8000 --read-only --tmpfs /tmp \
@@ -31,5 +31,5 @@ VOLUME ["/model"]
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
-ENTRYPOINT ["python", "-m", "steel_defect.serve", "host=0.0.0.0", "port=8000", "accelerator=cpu"]
+ENTRYPOINT ["python", "-m", "steel_defect.deploy.serve", "host=0.0.0.0", "port=8000", "accelerator=cpu"]
 CMD ["ckpt=/model/model.ckpt"]

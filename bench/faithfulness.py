@@ -31,8 +31,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from steel_defect.inference import predict_images  # noqa: E402
-from steel_defect.predictor import Predictor  # noqa: E402
+from steel_defect.inference.folder import predict_images  # noqa: E402
+from steel_defect.inference.predictor import Predictor  # noqa: E402
 
 
 class Bf16(torch.nn.Module):
@@ -49,9 +49,9 @@ class Bf16(torch.nn.Module):
 
 
 def build_paths(ckpt: Path, calib: Path, crops: int, tmp: Path, console: Console) -> dict[str, Predictor]:
-    from steel_defect.inference import run
+    from steel_defect.deploy.quantize import quantize_onnx
     from steel_defect.io import list_images
-    from steel_defect.quantize import quantize_onnx
+    from steel_defect.tasks.dispatch import run
 
     onnx = tmp / "model.onnx"
     run({"task": "export", "ckpt": str(ckpt), "export": {"out": str(onnx), "dynamic_width": True}})

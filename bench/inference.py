@@ -4,7 +4,7 @@
         [--runtimes eager channels_last compile onnx bf16] [--six-batch 1] [--six-calls 3] [--no-six] [--json out.json]
 
 Rows: runtime x batch x {no TTA, hflip TTA}: seconds per image, images/s and the projected minutes for the
-5,506 Kaggle test images. Every timing goes through :func:`steel_defect.predictor.predict_batch` (sigmoid,
+5,506 Kaggle test images. Every timing goes through :func:`steel_defect.inference.predictor.predict_batch` (sigmoid,
 TTA de-augmentation and averaging included), so it is the network cost of ``predict.py``. Then the per-image
 cost of the rest of ``predict.py``: JPEG decode + tensor, post-processing (the notebook's gates and area
 limits) and RLE encoding, on realistic synthetic masks, and their share of the time. Finally the original
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from steel_defect import DEFAULT_SHAPE, NUM_CLASSES  # noqa: E402
-from steel_defect.predictor import predict_batch  # noqa: E402
+from steel_defect.inference.predictor import predict_batch  # noqa: E402
 
 KAGGLE_TEST_IMAGES = 5506
 #: The competition's kernel limit and this project's goal, in minutes.
@@ -181,7 +181,8 @@ def variants(
         return build_model(cfg).eval().to(device)
 
     def onnx_builder() -> tuple[nn.Module, float, str]:
-        from steel_defect.export import OnnxNet, export_onnx
+        from steel_defect.deploy.onnx_export import export_onnx
+        from steel_defect.inference.onnx_net import OnnxNet
 
         providers = None
         if device.type == "cuda":
@@ -204,8 +205,9 @@ def variants(
 
     def int8_builder() -> tuple[nn.Module, float, str]:
         """ONNX Runtime int8 (task=quantize's recipe), calibrated on 16 noise crops: speed, not quality."""
-        from steel_defect.export import OnnxNet, export_onnx
-        from steel_defect.quantize import quantize_onnx
+        from steel_defect.deploy.onnx_export import export_onnx
+        from steel_defect.deploy.quantize import quantize_onnx
+        from steel_defect.inference.onnx_net import OnnxNet
 
         with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
             rng = np.random.default_rng(0)
@@ -392,7 +394,8 @@ def bench_postprocess(n: int, shape: tuple[int, int], seed: int = 0) -> dict[str
     class probabilities high where a class is present, post-processed with the notebook's gates and limits.
     """
     from steel_defect.data.dataset import PredictDataset
-    from steel_defect.postprocess import PostprocessParams, postprocess
+    from steel_defect.postprocess.apply import postprocess
+    from steel_defect.postprocess.params import PostprocessParams
     from steel_defect.rle import masks_to_rles
     from steel_defect.synthetic import render_sample
 

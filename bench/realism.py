@@ -12,7 +12,7 @@ statistics from the real images in ``train_images/`` + ``test_images/``.
 
 Each row shows real, synthetic and their ratio; ``ok`` is the goal (within a factor of 1.5, shares within
 +-0.1). Last rows: cross-validated accuracy of telling real from synthetic images (0.5 = indistinguishable;
-``steel_defect.data.realism.classifier_accuracy``): a logistic regression on the texture rows (which the
+``steel_defect.synthetic.realism.classifier_accuracy``): a logistic regression on the texture rows (which the
 generator was matched to) and a random forest on spectral features it was never matched to.
 """
 
@@ -31,7 +31,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from steel_defect.data.realism import (  # noqa: E402
+from steel_defect.synthetic.realism import (
     class_set_stats,
     classifier_accuracy,
     masks_from_csv,

@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.inference import net_config  # noqa: E402
-from steel_defect.inference import predict_images  # noqa: E402
-from steel_defect.predictor import Predictor  # noqa: E402
+from steel_defect.inference.folder import predict_images  # noqa: E402
+from steel_defect.inference.predictor import Predictor  # noqa: E402
 from steel_defect.rle import rle_decode  # noqa: E402
 from steel_defect.submission import read_submission  # noqa: E402
 

@@ -159,7 +159,7 @@ def test_real_data_configs_cannot_switch_generation_on(kaggle_data, tmp_path):
     severstal.yaml, never the other way."""
     from omegaconf import OmegaConf
 
-    from steel_defect.instantiate import validate_config
+    from steel_defect.training.instantiate import validate_config
 
     conf = REPO / "conf" / "data"
     assert "synthetic" not in OmegaConf.load(conf / "severstal.yaml")
@@ -222,14 +222,14 @@ def test_predict_out_onto_the_data_sets_train_csv_is_refused(
 
 
 def _config(run_files: dict[str, Path], **kwargs):
-    from steel_defect.predict_config import parse_config
+    from steel_defect.tasks.config import parse_config
 
     return parse_config({"ckpt": str(run_files["a"]), "device": "cpu", **kwargs})
 
 
 def test_every_predict_output_onto_an_input_is_refused_before_anything_runs(run_files, kaggle_data, tmp_path):
     """Outputs equal to an input, inside an input folder, or replacing another kind of file (M7, H3)."""
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     ckpt = run_files["a"]
     labels = kaggle_data / "train.csv"
@@ -266,7 +266,7 @@ def test_every_predict_output_onto_an_input_is_refused_before_anything_runs(run_
 
 def test_existing_outputs_are_replaced_only_by_their_own_kind(run_files, tmp_path):
     """out= may replace a submission, never a label csv or a picture; overlays replace only overlays."""
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     images = run_files["data"] / "test_images"
     out = tmp_path / "out"
@@ -305,7 +305,7 @@ def test_existing_outputs_are_replaced_only_by_their_own_kind(run_files, tmp_pat
 
 
 def test_distributed_parts_folder_keeps_files_it_did_not_write(tmp_path):
-    from steel_defect.distributed import remove_parts
+    from steel_defect.tasks.distributed import remove_parts
 
     parts = tmp_path / "submission.csv.parts"
     parts.mkdir()
@@ -364,8 +364,8 @@ def test_atomic_outputs_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path
 def test_thresholds_evaluation_and_onnx_outputs_replace_only_their_own_kind(run_files, tmp_path):
     """thresholds.yaml (end of training, task=tune, tune_oof all go through save_thresholds), evaluation.json
     and export/quantize outputs: an existing file of another kind is refused, naming it, and kept."""
-    from steel_defect.inference import run
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
+    from steel_defect.tasks.dispatch import run
 
     notes = tmp_path / "thresholds.yaml"
     notes.write_text("my: notes\n")

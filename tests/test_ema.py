@@ -6,8 +6,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from steel_defect.callbacks import EMA
 from steel_defect.models import load_net_from_checkpoint
+from steel_defect.training.callbacks import EMA
 from tests.test_module import _loader, _module, _quiet, _trainer  # noqa: F401  (_quiet: autouse fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -16,17 +16,14 @@ from tests.test_kaggle import make_tiny_checkpoint, separated_thresholds
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from steel_defect.export import (  # noqa: E402
-    IMAGE_OUTPUT_NAME,
-    INPUT_NAME,
-    METADATA_KEY,
-    OUTPUT_NAMES,
+from steel_defect.deploy.onnx_export import (
     PROB_TOLERANCE,
-    OnnxNet,
     compare_with_torch,
     export_onnx,
     read_onnx_metadata,
 )
+from steel_defect.inference.onnx_model import IMAGE_OUTPUT_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from steel_defect.inference.onnx_net import OnnxNet
 
 H, W = SMALL_SHAPE
 
@@ -120,7 +117,7 @@ def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
 
 def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     """Padding, hflip TTA and averaging are torch code around the net: the same for both runtimes."""
-    from steel_defect.predictor import predict_batch
+    from steel_defect.inference.predictor import predict_batch
 
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(7))
     t_mask, t_cls, _ = predict_batch(tiny_net, x, tta=["hflip"])
@@ -147,7 +144,7 @@ def test_image_head_is_a_third_onnx_output_matching_torch(exported_head, head_ne
         gap = compare_with_torch(head_net, onnx_net, x)
         assert set(gap) == {"mask", "class", "image"} and max(gap.values()) < PROB_TOLERANCE, gap
     # Through predict_batch (padding, TTA, averaging): the image probabilities agree too.
-    from steel_defect.predictor import predict_batch
+    from steel_defect.inference.predictor import predict_batch
 
     x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(9))
     t_mask, t_cls, t_img = predict_batch(head_net, x, tta=["hflip"])
@@ -170,7 +167,7 @@ def test_export_leaves_the_net_as_it_was(tiny_net, tmp_path):
 
 
 def test_export_that_disagrees_with_torch_is_removed(tiny_net, tmp_path, monkeypatch):
-    import steel_defect.export as export
+    import steel_defect.deploy.onnx_export as export
 
     monkeypatch.setattr(export, "compare_with_torch", lambda *a: {"mask": 0.5, "class": 0.0})
     with pytest.raises(RuntimeError, match="disagrees with torch at width 320"):
@@ -246,10 +243,10 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     tmp_path, small_synthetic, image_head
 ):
     """With an image head the thresholds gate on it, so the ONNX image output is used by the submission."""
-    from steel_defect.inference import run
     from steel_defect.models.checkpoint import load_net_from_checkpoint
-    from steel_defect.postprocess import load_thresholds
+    from steel_defect.postprocess.params import load_thresholds
     from steel_defect.submission import read_submission
+    from steel_defect.tasks.dispatch import run
 
     ckpt = make_tiny_checkpoint(tmp_path / "run" / "tiny.ckpt", image_head=image_head)
     images = small_synthetic / "test_images"
@@ -286,9 +283,9 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
 
 
 def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
-    from steel_defect.export import OnnxNet
-    from steel_defect.inference import run
-    from steel_defect.thresholds import resolve_thresholds
+    from steel_defect.inference.onnx_net import OnnxNet
+    from steel_defect.postprocess.thresholds import resolve_thresholds
+    from steel_defect.tasks.dispatch import run
     from tests.test_inference import config, isolated_ckpt, tiny_run
 
     files = tiny_run(tmp_path / "run")

@@ -29,7 +29,7 @@ FOLD_RUN = [
 @pytest.fixture(scope="module")
 def fold_run(small_synthetic, tmp_path_factory) -> Path:
     """``train.py experiment=fewshot_cpu folds=2`` on a Kaggle-layout set read as real data."""
-    from steel_defect.training import run
+    from steel_defect.tasks.train import run
 
     tmp = tmp_path_factory.mktemp("fold_run")
     cfg = compose_train([*FOLD_RUN, "data=severstal", f"data.root={small_synthetic}"], tmp)
@@ -57,7 +57,7 @@ def test_fold_ensemble_records_its_checkpoints_and_out_of_fold_thresholds(fold_r
 
 
 def test_predict_with_a_run_folder_uses_the_ensemble_and_its_thresholds(fold_run, small_synthetic, tmp_path):
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     summary = run(
         {
@@ -184,7 +184,7 @@ def test_fold_ensemble_with_the_folder_layout_tunes_on_a_csv_in_the_run_folder(s
     """data=folder: the masks become a label csv inside the run folder for the out-of-fold search; the data
     folder is left as it was."""
     from steel_defect.data.convert import kaggle_to_folder
-    from steel_defect.training import run
+    from steel_defect.tasks.train import run
 
     plant = tmp_path / "plant"
     images = tmp_path / "src_images"
@@ -213,7 +213,7 @@ def small_synthetic_defect_pairs(root: Path) -> int:
 
 
 def test_the_service_settings_resolve_a_run_folder(fold_run):
-    from steel_defect.serve.settings import parse_settings
+    from steel_defect.deploy.serve.settings import parse_settings
 
     settings = parse_settings({"ckpt": str(fold_run)})
     assert [Path(p).name for p in settings.ckpt] == ["fold.ckpt", "fold.ckpt"]

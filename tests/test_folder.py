@@ -162,7 +162,7 @@ def test_folder_datamodule_refuses_what_it_cannot_batch_or_name(tmp_path):
 
 
 def test_data_folder_requires_its_root_and_classes(tmp_path):
-    from steel_defect.instantiate import validate_config
+    from steel_defect.training.instantiate import validate_config
 
     for overrides, needle in (
         (["data=folder"], r"data=folder needs data.root=DIR and data.classes=\[name,...\]"),
@@ -222,8 +222,8 @@ def test_module_follows_the_class_names_and_refuses_a_mismatch():
 def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     """`python train.py data=folder data.classes=[pit,scratch]` on images of several non-Severstal sizes:
     the checkpoint, the thresholds, the held-out table and predict.py all carry two named classes."""
-    from steel_defect.predictor import Predictor
-    from steel_defect.serve.result import overlay_png, prediction_json
+    from steel_defect.deploy.serve.result import overlay_png, prediction_json
+    from steel_defect.inference.predictor import Predictor
     from train import train
 
     truth = make_folder(tmp_path / "plant", 2, n=20)
@@ -264,7 +264,7 @@ def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     images = [cv2.imread(str(tmp_path / "plant" / "images" / n), cv2.IMREAD_COLOR) for n in names]
     # predict.py task=tune on the same images (mixed sizes, labels converted to a csv) re-tunes 2 classes
     from steel_defect.data.convert import folder_to_kaggle
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     folder_to_kaggle(tmp_path / "plant", tmp_path / "labels.csv", num_classes=2)
     result = run(

@@ -12,10 +12,11 @@ import yaml
 
 from steel_defect.data.annotations import load_annotations
 from steel_defect.data.splits import load_split, make_split, save_split
-from steel_defect.inference import labelled_loader, run
-from steel_defect.postprocess import PostprocessParams
-from steel_defect.predictor import iter_probabilities, load_nets
-from steel_defect.tuning import TuningStats, tune_thresholds
+from steel_defect.inference.predictor import iter_probabilities, load_nets
+from steel_defect.postprocess.params import PostprocessParams
+from steel_defect.postprocess.tuning import TuningStats, tune_thresholds
+from steel_defect.tasks.common import labelled_loader
+from steel_defect.tasks.dispatch import run
 from tests.test_inference import SHAPE, config, tiny_run
 
 
@@ -98,7 +99,7 @@ def test_tune_oof_refuses_what_is_not_one_kfold_split(tmp_path):
 
 
 def test_check_folds_refuses_mixed_partial_and_overlapping_folds(tmp_path):
-    from steel_defect.folds import check_folds
+    from steel_defect.tasks.tune import check_folds
 
     paths = [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"]
 

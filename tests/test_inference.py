@@ -22,10 +22,10 @@ import torch
 import yaml
 from torch import nn
 
-from steel_defect.inference import run
-from steel_defect.postprocess import PostprocessParams, postprocess
-from steel_defect.predict_config import DEFAULTS, parse_config
-from steel_defect.predictor import TTA_TRANSFORMS, load_nets, pad_to_multiple, predict_batch
+from steel_defect.inference.predictor import TTA_TRANSFORMS, load_nets, pad_to_multiple, predict_batch
+from steel_defect.postprocess.apply import postprocess
+from steel_defect.postprocess.params import PostprocessParams
+from steel_defect.postprocess.thresholds import resolve_thresholds
 from steel_defect.report import (
     CLASS_COLORS,
     classification_table,
@@ -35,7 +35,8 @@ from steel_defect.report import (
 )
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.submission import read_submission, write_submission
-from steel_defect.thresholds import resolve_thresholds
+from steel_defect.tasks.config import DEFAULTS, parse_config
+from steel_defect.tasks.dispatch import run
 from tests.conftest import REPO, SAMPLES, TINY_NET
 
 SHAPE = (64, 320)
@@ -207,7 +208,7 @@ class WithImageHead(FlipEquivariant):
 
 
 def test_image_head_probabilities_through_tta_and_ensembles():
-    from steel_defect.predictor import split_outputs
+    from steel_defect.models.factory import split_outputs
 
     x = torch.rand(2, 3, 50, 70)
     head = WithImageHead().eval()
@@ -416,7 +417,7 @@ def test_threshold_resolution(run_files, tmp_path):
     assert resolve_thresholds("raw", ckpt, meta)[0] == PostprocessParams.disabled()
     assert resolve_thresholds("defaults", ckpt, meta)[0] == PostprocessParams.notebook_defaults()
     tuned = PostprocessParams(t_cls=[0.1, 0.2, 0.3, 0.4])
-    from steel_defect.postprocess import save_thresholds
+    from steel_defect.postprocess.params import save_thresholds
 
     save_thresholds(tuned, ckpt.parent / "thresholds.yaml")
     assert resolve_thresholds("auto", ckpt, meta) == (tuned, str(ckpt.parent / "thresholds.yaml"))
@@ -427,7 +428,7 @@ def test_threshold_resolution(run_files, tmp_path):
 
 
 def test_thresholds_yaml_beside_the_checkpoint_is_used_by_default_and_raw_ignores_it(run_files, tmp_path):
-    from steel_defect.postprocess import save_thresholds
+    from steel_defect.postprocess.params import save_thresholds
 
     ckpt = isolated_ckpt(run_files, tmp_path)
     images = run_files["data"] / "test_images"
@@ -608,7 +609,7 @@ def test_image_head_checkpoint_tunes_both_sources_and_predicts_with_the_image_ga
 ):
     """task=tune with an image-head net measures both gate sources; predict applies the image-head gate."""
     from steel_defect.data.dataset import read_image
-    from steel_defect.postprocess import load_thresholds, save_thresholds
+    from steel_defect.postprocess.params import load_thresholds, save_thresholds
 
     ckpt = isolated_ckpt(run_files, tmp_path, "head")
     split = run_files["run"] / "split.json"

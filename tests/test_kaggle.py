@@ -32,8 +32,9 @@ import numpy as np
 import pytest
 import torch
 
-from steel_defect import kaggle, wheels
-from steel_defect.kaggle import (
+from steel_defect.deploy.kaggle import bundle as kaggle
+from steel_defect.deploy.kaggle import wheels
+from steel_defect.deploy.kaggle.bundle import (
     MANIFEST_NAME,
     build_bundle,
     check_bundle_name,
@@ -92,8 +93,8 @@ def separated_thresholds(
     classes kept). For a net with an image head, the image gate uses it too (t_img in a gap of its
     probabilities, most images kept)."""
     from steel_defect.data.dataset import PredictDataset
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
-    from steel_defect.predictor import predict_batch
+    from steel_defect.inference.predictor import predict_batch
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 
     ds = PredictDataset(images_dir)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
@@ -397,9 +398,9 @@ def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
     image_head, small_synthetic, tmp_path
 ):
     """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files."""
-    from steel_defect.inference import run
     from steel_defect.models.checkpoint import load_net_from_checkpoint
-    from steel_defect.postprocess import load_thresholds
+    from steel_defect.postprocess.params import load_thresholds
+    from steel_defect.tasks.dispatch import run
 
     bundle = tmp_path / "bundle"
     ckpt = make_tiny_checkpoint(bundle / "checkpoints" / "tiny.ckpt", image_head=image_head)
@@ -428,7 +429,7 @@ def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
     assert sum(bool(r[1]) for r in rows) >= 4, "the comparison needs non-empty masks"
     if image_head:  # the image gate dropped at least one image that the other thresholds would keep
         from steel_defect.data.dataset import PredictDataset
-        from steel_defect.predictor import predict_batch
+        from steel_defect.inference.predictor import predict_batch
 
         ds = PredictDataset(images)
         _, _, image_probs = predict_batch(net, torch.stack([ds[i]["image"] for i in range(len(ds))]))
@@ -492,7 +493,7 @@ def test_failed_bundle_leaves_nothing_behind(tiny_run, tmp_path):
 
 
 def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(tmp_path):
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 
     ckpt = make_tiny_checkpoint(tmp_path / "run" / "plain.ckpt", image_head=False)
     gate = save_thresholds(PostprocessParams(t_img=0.5, img_source="image_head"), tmp_path / "gate.yaml")
@@ -565,8 +566,8 @@ def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_p
 
 
 def test_kernel_stops_at_start_naming_every_runtime_mismatch():
-    from steel_defect.kaggle import runtime_requirements
-    from steel_defect.kaggle_kernel import check_runtime, satisfies
+    from steel_defect.deploy.kaggle.bundle import runtime_requirements
+    from steel_defect.deploy.kaggle.kernel_template import check_runtime, satisfies
 
     assert satisfies("2.15.0+cu121", ">=2.15") and not satisfies("2.14.9", ">=2.15")
     assert (
@@ -586,7 +587,7 @@ def test_kernel_stops_at_start_naming_every_runtime_mismatch():
 
 
 def test_kernel_refuses_a_bundled_binary_wheel_built_for_another_python_or_cpu():
-    from steel_defect.kaggle_kernel import check_runtime, wheel_fits
+    from steel_defect.deploy.kaggle.kernel_template import check_runtime, wheel_fits
 
     tag = "cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64"
     assert wheel_fits(tag, "3.11.9", "x86_64", "2.36") and wheel_fits("py3-none-any", "3.9.0", "arm64", None)
@@ -653,7 +654,7 @@ def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle,
     )
     assert probe.stdout.strip() == "[]", "the emulated image must not offer torch"
     expected = tmp_path / "predict.csv"
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     run(
         {

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from steel_defect.models import SteelDefectModule, load_net_from_checkpoint
 from steel_defect.models.module import cosine_warmup_factor
-from steel_defect.postprocess import PostprocessParams
+from steel_defect.postprocess.params import PostprocessParams
 from tests.conftest import TINY_NET
 
 H, W = 64, 128
@@ -336,8 +336,8 @@ def test_channels_last_gives_the_same_outputs(tmp_path):
 def _expected_dice(module, data: RandomSteel, params: PostprocessParams) -> float:
     """Kaggle Dice of ``postprocess(..., params)`` computed directly from the module's outputs."""
     from steel_defect.metrics import kaggle_dice
-    from steel_defect.postprocess import postprocess
-    from steel_defect.predictor import split_outputs
+    from steel_defect.models.factory import split_outputs
+    from steel_defect.postprocess.apply import postprocess
 
     module.eval()
     with torch.no_grad():
@@ -373,7 +373,7 @@ def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
     assert out["val/img_auroc_max_cls"] == pytest.approx(
         float(binary_auroc(cls.sigmoid().max(1).values, has)), abs=1e-6
     )
-    from steel_defect.predictor import predict_batch
+    from steel_defect.inference.predictor import predict_batch
 
     _, _, image_probs = predict_batch(module.net, data.images[:3])
     assert image_probs.shape == (3,) and torch.allclose(image_probs, img[:3].sigmoid(), atol=1e-6)
@@ -403,8 +403,8 @@ def test_test_stage_logs_raw_default_and_tuned_dice(tmp_path):
 def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_the_table(tmp_path, caplog):
     import logging
 
-    from steel_defect.callbacks import TuneThresholds
-    from steel_defect.postprocess import save_thresholds
+    from steel_defect.postprocess.params import save_thresholds
+    from steel_defect.training.callbacks import TuneThresholds
 
     L.seed_everything(5, verbose=False)
     module = _module(net={**NET, "image_head": True})
@@ -417,7 +417,7 @@ def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_th
         "classes": [{"dice_raw": 0.1, "dice_default": 0.2, "dice_tuned": 0.3} for _ in range(4)],
         "mean": {"dice_raw": 0.1, "dice_default": 0.2, "dice_tuned": 0.3},
     }
-    with caplog.at_level(logging.INFO, logger="steel_defect.callbacks"):
+    with caplog.at_level(logging.INFO, logger="steel_defect.training.callbacks"):
         out = _trainer(tmp_path, callbacks=[callback]).test(
             module, dataloaders=_loader(4, seed=3), verbose=False
         )[0]

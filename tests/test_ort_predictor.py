@@ -19,7 +19,7 @@ from tests.conftest import REPO, TINY_NET  # noqa: E402
 def exported(tmp_path_factory):
     """A tiny 3-class net with an image head, exported with a dynamic width, and a folder of test images
     of two sizes (one width not a multiple of the stride) plus a corrupt file."""
-    from steel_defect.export import export_onnx
+    from steel_defect.deploy.onnx_export import export_onnx
     from steel_defect.models.factory import build_model
 
     root = tmp_path_factory.mktemp("ort")
@@ -46,9 +46,9 @@ def exported(tmp_path_factory):
 
 @pytest.mark.parametrize("tta", [[], ["hflip", "vflip"]])
 def test_same_submission_as_the_torch_predictor(exported, tmp_path, tta):
-    from steel_defect.inference import predict_images
-    from steel_defect.ort_predictor import OrtPredictor
-    from steel_defect.predictor import Predictor
+    from steel_defect.inference.folder import predict_images
+    from steel_defect.inference.ort_predictor import OrtPredictor
+    from steel_defect.inference.predictor import Predictor
 
     onnx, images = exported
     ort = OrtPredictor.load([onnx], thresholds="raw", tta=tta)
@@ -63,8 +63,8 @@ def test_same_submission_as_the_torch_predictor(exported, tmp_path, tta):
         "scale",
     ]
     # and the probabilities themselves, image by image
-    from steel_defect.ort_predictor import probabilities
-    from steel_defect.predictor import predict_batch
+    from steel_defect.inference.ort_predictor import probabilities
+    from steel_defect.inference.predictor import predict_batch
 
     x = cv2.cvtColor(cv2.imread(str(images / "t1.png")), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[
         None
@@ -78,8 +78,8 @@ def test_same_submission_as_the_torch_predictor(exported, tmp_path, tta):
 def test_thresholds_bound_to_the_source_weights_and_tta(exported, tmp_path):
     import yaml
 
-    from steel_defect.ort_predictor import OrtPredictor
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.inference.ort_predictor import OrtPredictor
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 
     onnx, _ = exported
     local = tmp_path / "model.onnx"
@@ -121,9 +121,10 @@ print(s['images'], sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))
 def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
     """At a threshold other than 0.5 numpy's and torch's sigmoids (1 ulp apart) may split a pixel: the
     masks still agree on all but a 1e-4 share of pixels."""
-    from steel_defect.ort_predictor import OrtPredictor
-    from steel_defect.postprocess import PostprocessParams, postprocess
-    from steel_defect.predictor import Predictor
+    from steel_defect.inference.ort_predictor import OrtPredictor
+    from steel_defect.inference.predictor import Predictor
+    from steel_defect.postprocess.apply import postprocess
+    from steel_defect.postprocess.params import PostprocessParams
 
     onnx, images = exported
     params = PostprocessParams.disabled(3)
@@ -139,10 +140,10 @@ def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
 
 
 def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
-    from steel_defect.export import export_onnx
+    from steel_defect.deploy.onnx_export import export_onnx
+    from steel_defect.inference.ort_predictor import OrtPredictor
+    from steel_defect.inference.predictor import Predictor
     from steel_defect.models.factory import build_model
-    from steel_defect.ort_predictor import OrtPredictor
-    from steel_defect.predictor import Predictor
 
     net = build_model({**TINY_NET, "classes": 3}).eval()
     path = export_onnx(net, tmp_path / "bare.onnx", height=64, width=128, meta=None)
@@ -152,7 +153,7 @@ def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
 
 
 def test_images_are_read_a_bounded_number_ahead(exported, monkeypatch):
-    import steel_defect.ort_predictor as mod
+    import steel_defect.inference.ort_predictor as mod
 
     onnx, images = exported
     calls = []
@@ -169,7 +170,7 @@ def test_images_are_read_a_bounded_number_ahead(exported, monkeypatch):
 
 
 def test_a_model_of_another_height_names_the_images(exported, tmp_path):
-    from steel_defect.ort_predictor import OrtPredictor
+    from steel_defect.inference.ort_predictor import OrtPredictor
 
     onnx, _ = exported
     folder = tmp_path / "tall"

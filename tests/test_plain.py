@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from steel_defect.plain import to_plain
+from steel_defect.config import to_plain
 
 
 def test_containers_numpy_and_paths_become_plain_python():

@@ -13,13 +13,9 @@ import torch
 import yaml
 
 from steel_defect.metrics import dice_per_pair, kaggle_dice, kaggle_dice_per_class
-from steel_defect.postprocess import (
-    PostprocessParams,
-    load_thresholds,
-    postprocess,
-    save_thresholds,
-)
-from steel_defect.tuning import TuningStats, format_tuning_report, tune_thresholds
+from steel_defect.postprocess.apply import postprocess
+from steel_defect.postprocess.params import PostprocessParams, load_thresholds, save_thresholds
+from steel_defect.postprocess.tuning import TuningStats, format_tuning_report, tune_thresholds
 
 H, W = 32, 160
 
@@ -874,7 +870,7 @@ def test_image_gate_params_yaml_round_trip_and_old_files(tmp_path: Path):
 
 def test_thresholds_files_with_absurd_values_or_alias_bombs_are_refused_naming_file_and_key(tmp_path):
     """Security review L8: well-typed but absurd areas and reference shapes, aliases and huge files."""
-    from steel_defect.postprocess import MAX_THRESHOLDS_BYTES, load_thresholds
+    from steel_defect.postprocess.params import MAX_THRESHOLDS_BYTES, load_thresholds
 
     cases = {
         "huge_area.yaml": (

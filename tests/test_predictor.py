@@ -13,9 +13,9 @@ import torch
 
 from steel_defect.data.dataset import PredictDataset
 from steel_defect.data.transforms import build_transforms
-from steel_defect.inference import run
-from steel_defect.predictor import Predictor, image_tensor
+from steel_defect.inference.predictor import Predictor, image_tensor
 from steel_defect.submission import read_submission
+from steel_defect.tasks.dispatch import run
 from tests.conftest import REPO
 from tests.test_inference import config, isolated_ckpt, tiny_run
 
@@ -110,8 +110,8 @@ def test_prediction_needs_no_lightning_hydra_or_torchmetrics(run_files, tmp_path
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "from steel_defect.inference import predict_images\n"
-        "from steel_defect.predictor import Predictor\n"
+        "from steel_defect.inference.folder import predict_images\n"
+        "from steel_defect.inference.predictor import Predictor\n"
         f"p = Predictor.load([{str(run_files['a'])!r}], thresholds='raw', device='cpu')\n"
         "assert p.predict([np.zeros((64, 96, 3), np.uint8)])[0].masks.shape == (4, 64, 96)\n"
         f"predict_images(p, {str(run_files['data'] / 'test_images')!r}, {str(tmp_path / 's.csv')!r})\n"

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 
 from steel_defect.data.annotations import RLE_COLUMNS, AnnotationError, read_train_csv
-from steel_defect.pseudo import (
-    PseudoRule,
-    empty_list_path,
-    pseudo_decision,
-    read_pseudo_labels,
-    write_pseudo_labels,
-)
+from steel_defect.data.pseudo_labels import empty_list_path, read_pseudo_labels, write_pseudo_labels
 from steel_defect.rle import rle_encode
+from steel_defect.tasks.config import PseudoRule
+from steel_defect.tasks.pseudo import pseudo_decision
 
 SHAPE = (16, 40)
 
@@ -116,9 +112,9 @@ def test_task_pseudo_writes_what_the_rule_keeps(tmp_path):
     from torch.utils.data import DataLoader
 
     from steel_defect.data.dataset import PredictDataset, predict_collate
-    from steel_defect.inference import run
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
-    from steel_defect.predictor import iter_predictions, load_nets
+    from steel_defect.inference.predictor import iter_predictions, load_nets
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
+    from steel_defect.tasks.dispatch import run
     from tests.test_inference import config, tiny_run
 
     files = tiny_run(tmp_path / "run")

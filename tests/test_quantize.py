@@ -11,8 +11,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from steel_defect.export import OnnxNet, export_onnx  # noqa: E402
-from steel_defect.quantize import calibration_crops, quantize_onnx  # noqa: E402
+from steel_defect.deploy.onnx_export import export_onnx
+from steel_defect.deploy.quantize import calibration_crops, quantize_onnx
+from steel_defect.inference.onnx_net import OnnxNet
 from tests.conftest import TINY_NET  # noqa: E402
 
 H = 64
@@ -78,7 +79,7 @@ def test_int8_model_keeps_its_metadata_and_stays_close_to_fp32(exported, tmp_pat
 
 
 def test_runtime_int8_loads_only_quantised_models(exported, tmp_path):
-    from steel_defect.predictor import load_nets
+    from steel_defect.inference.predictor import load_nets
 
     src, _, images = exported
     with pytest.raises(ValueError, match="is an fp32 export; quantise it first"):
@@ -95,7 +96,7 @@ def test_runtime_int8_loads_only_quantised_models(exported, tmp_path):
 
 
 def test_task_quantize_writes_beside_the_model_and_refuses_bad_input(exported, tmp_path):
-    from steel_defect.inference import run
+    from steel_defect.tasks.dispatch import run
 
     src, _, images = exported
     local = tmp_path / "model.onnx"

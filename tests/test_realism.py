@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steel_defect.data.realism import (
+from steel_defect.synthetic.params import PARAMS_PATH, QUANTILES, derive_params, load_params, sample_quantiles
+from steel_defect.synthetic.realism import (
     black_band,
     class_set_stats,
     classifier_accuracy,
@@ -19,7 +20,6 @@ from steel_defect.data.realism import (
     texture_features,
     texture_summary,
 )
-from steel_defect.synthetic.params import PARAMS_PATH, QUANTILES, derive_params, load_params, sample_quantiles
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal-real"
 needs_real = pytest.mark.skipif(

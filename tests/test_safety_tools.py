@@ -307,7 +307,7 @@ def ckpt_bytes(tmp_path_factory) -> bytes:
 @pytest.fixture
 def run_dir(tmp_path, ckpt_bytes) -> dict[str, Path]:
     """A training run folder (checkpoints, tuned thresholds, logs) and a prebuilt project wheel beside it."""
-    from steel_defect.postprocess import PostprocessParams, save_thresholds
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 
     run = tmp_path / "runcopy"
     (run / "checkpoints").mkdir(parents=True)
@@ -327,7 +327,7 @@ def run_dir(tmp_path, ckpt_bytes) -> dict[str, Path]:
 
 
 def bundle_to(run: dict[str, Path], out: Path | str, **options) -> Path:
-    from steel_defect.kaggle import build_bundle
+    from steel_defect.deploy.kaggle.bundle import build_bundle
 
     opts = {"wheels": [], "project_wheel": str(run["wheel"]), "num_workers": 0, **options}
     return build_bundle(str(run["ckpt"]), out, **opts)
@@ -335,7 +335,7 @@ def bundle_to(run: dict[str, Path], out: Path | str, **options) -> Path:
 
 def test_bundle_overwrite_onto_the_run_dir_holding_the_ckpt_is_refused(run_dir, capsys):
     """Review M6: ``kaggle bundle ckpt=RUN/checkpoints/epoch_000.ckpt out=RUN overwrite=true`` deleted the run."""
-    from steel_defect import kaggle
+    from steel_defect.deploy.kaggle import bundle as kaggle
 
     run = run_dir["run"]
     before = snapshot(run.parent)
@@ -391,7 +391,7 @@ def test_bundle_overwrite_onto_a_folder_that_is_not_a_bundle_is_refused(run_dir,
 
 
 def test_bundle_overwrite_replaces_a_previous_bundle(run_dir, tmp_path):
-    from steel_defect.kaggle import MANIFEST_NAME
+    from steel_defect.deploy.kaggle.bundle import MANIFEST_NAME
 
     out = tmp_path / "bundle"
     bundle_to(run_dir, out, batch_size=2)
@@ -425,7 +425,7 @@ def test_bundle_refuses_broad_out_folders_even_when_they_are_bundles(run_dir, tm
 
 
 def test_bundle_checks_happen_before_any_work(run_dir, tmp_path, monkeypatch):
-    from steel_defect import kaggle
+    from steel_defect.deploy.kaggle import bundle as kaggle
 
     def boom(*args, **kwargs):
         raise AssertionError("build_bundle started writing before checking out=")
@@ -443,7 +443,7 @@ def encoder_file(tmp_path) -> Path:
     from safetensors.torch import save_file
 
     from steel_defect.models.factory import build_model
-    from steel_defect.weights import encoder_state_dict
+    from steel_defect.models.fetch_weights import encoder_state_dict
 
     torch.manual_seed(1)
     path = tmp_path / "source" / "enc.safetensors"
@@ -454,7 +454,7 @@ def encoder_file(tmp_path) -> Path:
 
 def test_weights_fetch_refuses_an_out_of_another_kind_before_building_anything(tmp_path, monkeypatch):
     import steel_defect.models.factory as factory
-    from steel_defect.weights import fetch, main
+    from steel_defect.models.fetch_weights import fetch, main
 
     def no_build(*args, **kwargs):
         raise AssertionError("fetch built (downloaded) the model before checking --out")
@@ -487,7 +487,7 @@ def test_weights_fetch_refuses_an_out_of_another_kind_before_building_anything(t
 def test_weights_fetch_replaces_an_existing_weights_file(tmp_path, encoder_file, suffix):
     from safetensors.torch import load_file, save_file
 
-    from steel_defect.weights import fetch, is_weights_file
+    from steel_defect.models.fetch_weights import fetch, is_weights_file
 
     out = tmp_path / f"enc{suffix}"
     old = {"stale": torch.ones(3)}
@@ -506,7 +506,7 @@ def test_weights_fetch_keeps_the_old_file_when_the_new_one_does_not_load_back(
 ):
     from safetensors.torch import save_file
 
-    import steel_defect.weights as weights
+    import steel_defect.models.fetch_weights as weights
 
     out = tmp_path / "enc.safetensors"
     save_file({"stale": torch.ones(3)}, str(out))

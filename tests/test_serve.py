@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_defect.predictor import ImagePrediction, Predictor
+from steel_defect.deploy.serve.result import components, prediction_json
+from steel_defect.deploy.serve.settings import parse_args
+from steel_defect.deploy.serve.upload import UploadError, check_image
+from steel_defect.inference.predictor import ImagePrediction, Predictor
 from steel_defect.rle import rle_decode
-from steel_defect.serve.result import components, prediction_json
-from steel_defect.serve.settings import parse_args
-from steel_defect.serve.upload import UploadError, check_image
 from tests.conftest import REPO, SHARED
 from tests.test_inference import tiny_run
 

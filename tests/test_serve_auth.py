@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from steel_defect.serve.__main__ import auth_line
-from steel_defect.serve.auth import session_token
-from steel_defect.serve.settings import parse_args
+from steel_defect.deploy.serve.__main__ import auth_line
+from steel_defect.deploy.serve.auth import session_token
+from steel_defect.deploy.serve.settings import parse_args
 from tests.test_inference import tiny_run
 from tests.test_serve import Service, regular_images, request
 

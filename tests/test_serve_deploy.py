@@ -119,10 +119,11 @@ def test_the_container_image_and_its_command(model_dir, tmp_path):
     env["MPLCONFIGDIR"] = str(tmp_path / "matplotlib")
     # as built: host=0.0.0.0 without a key is refused, naming the fix. Checked on the parsed arguments, not
     # by starting it: a server started by a test listens on 127.0.0.1 only, even if this check regressed.
-    from steel_defect.serve.settings import parse_args
+    from steel_defect.deploy.serve.settings import parse_args
 
     args = [
-        swap(a, {"=/model/": f"={model_dir}/"}) for a in command[command.index("steel_defect.serve") + 1 :]
+        swap(a, {"=/model/": f"={model_dir}/"})
+        for a in command[command.index("steel_defect.deploy.serve") + 1 :]
     ]
     assert "host=0.0.0.0" in args
     with pytest.raises(ValueError, match="STEEL_DEFECT_API_KEY"):

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 
-from steel_defect.onnx_meta import METADATA_KEY, weights_fingerprint  # noqa: E402
+from steel_defect.inference.onnx_model import METADATA_KEY, weights_fingerprint  # noqa: E402
 from tests.conftest import REPO, TINY_NET  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def models(tmp_path_factory):
     still claims the source fingerprint), one with metadata nested 100,000 deep and a text file."""
     from onnx import numpy_helper
 
-    from steel_defect.export import export_onnx
+    from steel_defect.deploy.onnx_export import export_onnx
     from steel_defect.models.factory import build_model
 
     root = tmp_path_factory.mktemp("integrity")
@@ -52,9 +52,9 @@ def models(tmp_path_factory):
 
 
 def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
-    from steel_defect.ort_predictor import OrtModel
-    from steel_defect.predictor import Predictor
-    from steel_defect.serve.app import describe
+    from steel_defect.deploy.serve.app import describe
+    from steel_defect.inference.onnx_model import OrtModel
+    from steel_defect.inference.predictor import Predictor
 
     good, tampered = OrtModel(models["good"]), OrtModel(models["tampered"])
     assert good.inner["fingerprint"] == tampered.inner["fingerprint"] == "claimed0123"  # the claim
@@ -72,8 +72,7 @@ def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
 
 @pytest.mark.parametrize("which", ["nested", "text"])
 def test_a_hostile_onnx_file_is_a_value_error_naming_it(models, which):
-    from steel_defect.onnx_meta import parse_metadata
-    from steel_defect.ort_predictor import OrtModel
+    from steel_defect.inference.onnx_model import OrtModel, parse_metadata
 
     path = models[which]
     with pytest.raises(ValueError, match=path.name):

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_defect.predictor import Predictor
+from steel_defect.inference.predictor import Predictor
 from steel_defect.rle import rle_decode
 from tests.test_inference import tiny_run
 from tests.test_serve import EPS, REAL_TEST, Service, group_pids, pil_bytes, request

@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_defect.predictor import ImagePrediction
-from steel_defect.serve.app import SteelDefectAPI, public_source
-from steel_defect.serve.gallery import GalleryError, gallery_files, read_gallery_image
-from steel_defect.serve.images import UploadError, check_image
-from steel_defect.serve.limits import deadline_protocol, uvicorn_options
-from steel_defect.serve.metrics import Metrics
-from steel_defect.serve.settings import DEFAULT_FORMATS, ServeSettings
+from steel_defect.deploy.serve.app import SteelDefectAPI, public_source
+from steel_defect.deploy.serve.gallery import GalleryError, gallery_files, read_gallery_image
+from steel_defect.deploy.serve.images import UploadError, check_image
+from steel_defect.deploy.serve.limits import deadline_protocol, uvicorn_options
+from steel_defect.deploy.serve.metrics import Metrics
+from steel_defect.deploy.serve.settings import DEFAULT_FORMATS, ServeSettings
+from steel_defect.inference.predictor import ImagePrediction
 from tests.test_serve import pil_bytes
 
 
@@ -150,7 +150,7 @@ def test_uvicorn_gets_the_deadline_protocol_and_the_connection_cap():
 def test_max_pixels_counts_the_padding_and_is_checked_before_decoding(monkeypatch):
     """H1: the limit applies to the padded size (a 1-pixel-high strip is padded to 32 rows), from the
     header: with max_pixels exceeded, no decoder runs at all."""
-    from steel_defect.serve import images
+    from steel_defect.deploy.serve import images
 
     strip = pil_bytes("PNG", (204_800, 1), "L")  # 204,800 pixels, 6,553,600 once padded
     assert check_image(strip, max_pixels=204_800 * 32) == ("PNG", 1, 204_800)

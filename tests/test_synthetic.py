@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from steel_defect.data.annotations import load_annotations
-from steel_defect.data.realism import black_band, mask_objects, texture_features
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.synthetic import generate_dataset, image_ids, render_sample
 from steel_defect.synthetic.dataset import STAMP_NAME, owned_files
 from steel_defect.synthetic.params import load_params
+from steel_defect.synthetic.realism import black_band, mask_objects, texture_features
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "severstal-samples"

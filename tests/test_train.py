@@ -104,8 +104,8 @@ def test_experiments_and_debug_configs_compose(tmp_path):
 
 
 def test_split_group_and_ema_callbacks_compose(tmp_path):
-    from steel_defect.callbacks import EMA
-    from steel_defect.instantiate import instantiate_group
+    from steel_defect.training.callbacks import EMA
+    from steel_defect.training.instantiate import instantiate_group
 
     cfg = compose_train(["data/split=kfold", "data.split.fold=3"], tmp_path)
     assert dict(cfg.data.split) == {"kind": "kfold", "n_splits": 5, "fold": 3, "seed": 42}
@@ -127,7 +127,7 @@ def test_the_winners_experiment_composes_into_valid_parts(tmp_path):
 
     from steel_defect.data.splits import normalise_split_cfg
     from steel_defect.models.losses import SegClsLoss
-    from steel_defect.postprocess import PostprocessParams
+    from steel_defect.postprocess.params import PostprocessParams
 
     cfg = compose_train(["experiment=severstal_winners", "data.root=/x", "data.split.fold=2"], tmp_path)
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "callbacks")}
@@ -203,7 +203,7 @@ def test_cli_real_samples_with_effb1(samples_dir, tmp_path):
     assert (tmp_path / "run" / "split.json").is_file()
     assert list((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
     # threshold tuning ran on the best checkpoint at the end of fit and wrote thresholds.yaml beside it
-    from steel_defect.postprocess import load_thresholds
+    from steel_defect.postprocess.params import load_thresholds
 
     params = load_thresholds(tmp_path / "run" / "checkpoints" / "thresholds.yaml")
     assert len(params.t_pix) == 4
@@ -213,9 +213,9 @@ def held_out_dice(ckpt: Path, datamodule, params) -> dict[str, float]:
     """Kaggle Dice of ``params`` on the datamodule's held-out test split, computed directly (no Lightning)."""
     import numpy as np
 
+    from steel_defect.inference.predictor import iter_probabilities, load_nets
     from steel_defect.metrics import kaggle_dice, kaggle_dice_per_class
-    from steel_defect.postprocess import postprocess
-    from steel_defect.predictor import iter_probabilities, load_nets
+    from steel_defect.postprocess.apply import postprocess
 
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -235,8 +235,8 @@ def test_fit_then_test_logs_held_out_dice_three_ways_and_tuned_uses_thresholds_y
     Dice of the thresholds.yaml that tuning wrote on val (with both image-gate sources measured)."""
     import logging
 
-    from steel_defect.instantiate import instantiate_plain
-    from steel_defect.postprocess import PostprocessParams, load_thresholds
+    from steel_defect.postprocess.params import PostprocessParams, load_thresholds
+    from steel_defect.training.instantiate import instantiate_plain
     from train import train
 
     cfg = compose_train(
@@ -348,8 +348,8 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     metrics = pd.read_csv(next(run_dir.glob("csv/*/metrics.csv")))
     ddp_dice = metrics["val/dice_raw"].dropna().iloc[-1]
 
-    from steel_defect.instantiate import instantiate_plain
-    from steel_defect.postprocess import PostprocessParams, load_thresholds
+    from steel_defect.postprocess.params import PostprocessParams, load_thresholds
+    from steel_defect.training.instantiate import instantiate_plain
 
     thresholds = run_dir / "checkpoints" / "thresholds.yaml"
     best = thresholds.parent / yaml.safe_load(thresholds.read_text())["meta"]["checkpoint"]
@@ -370,7 +370,7 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     # validate the DDP run's final weights in one process over the whole validation split
     import hydra
 
-    from steel_defect.instantiate import instantiate_plain
+    from steel_defect.training.instantiate import instantiate_plain
 
     model = instantiate_plain(cfg.model)
     dm = instantiate_plain(cfg.data)
@@ -403,7 +403,7 @@ def test_resume_matches_straight_run(tmp_path):
     stopped = compose_train(
         [
             *common,
-            "+callbacks.stop_after._target_=steel_defect.callbacks.StopAfterEpochs",
+            "+callbacks.stop_after._target_=tests.helpers.StopAfterEpochs",
             "+callbacks.stop_after.epochs=1",
         ],
         tmp_path / "b",

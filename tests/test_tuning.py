@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from steel_defect.metrics import dice_per_pair
-from steel_defect.postprocess import PostprocessParams, load_thresholds, postprocess
-from steel_defect.tuning import TuningStats, tune_thresholds
+from steel_defect.postprocess.apply import postprocess
+from steel_defect.postprocess.params import PostprocessParams, load_thresholds
+from steel_defect.postprocess.tuning import TuningStats, tune_thresholds
 
 H, W = 16, 40
 
@@ -154,7 +155,7 @@ def test_ties_keep_the_base_mode_then_plain():
 
 
 def test_the_base_modes_are_always_counted():
-    from steel_defect.tuning import search_modes
+    from steel_defect.postprocess.tuning import search_modes
 
     assert search_modes(["plain"], one_class(pix_mode=["scaled"])) == ["plain", "scaled"]
     assert search_modes(["soft"], None) == ["soft"]
@@ -163,7 +164,7 @@ def test_the_base_modes_are_always_counted():
 
 
 def test_a_winners_base_with_min_component_and_soft_mode_is_tunable():
-    from steel_defect.tuning import stats_for
+    from steel_defect.postprocess.tuning import stats_for
 
     base = PostprocessParams(
         t_cls=[0.7, 0.7, 0.6, 0.6],

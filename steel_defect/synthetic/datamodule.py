@@ -12,8 +12,8 @@ import logging
 from typing import Any
 
 from steel_defect import SEVERSTAL_CLASSES
+from steel_defect.config import to_plain
 from steel_defect.data.datamodule import SteelDataModule
-from steel_defect.plain import to_plain
 from steel_defect.synthetic.dataset import GENERATOR_VERSION, generate_dataset, read_stamp
 
 __all__ = ["SyntheticDataModule"]

@@ -12,7 +12,7 @@ from three real sources (``--real`` is the folder described in its README):
   (8-connected components) per image and quantiles of object bounding-box height, width and fill ratio
   (area / box area), plus the rank correlation of height and width;
 * the real images (``train_images/`` + ``test_images/``): quantiles of the per-image texture statistics of
-  :mod:`steel_defect.data.realism` (steel grey mean/std, grain, column/row profiles, anisotropy) and the
+  :mod:`steel_defect.synthetic.realism` (steel grey mean/std, grain, column/row profiles, anisotropy) and the
   black off-steel band (share of images, width quantiles, side).
 
 Only summary numbers (probabilities, quantiles, a correlation) are stored: a few hundred floats.
@@ -112,7 +112,7 @@ def _class_sets(index_csv: Path) -> dict[str, float]:
 
 
 def _objects(masks_csv: Path, classes: Sequence[int]) -> dict[str, Any]:
-    from steel_defect.data.realism import masks_from_csv, object_stats
+    from steel_defect.synthetic.realism import masks_from_csv, object_stats
 
     tables = object_stats((m for _, m in masks_from_csv(masks_csv, classes, REFERENCE_SHAPE)), classes)
     out: dict[str, Any] = {}
@@ -133,7 +133,7 @@ def _objects(masks_csv: Path, classes: Sequence[int]) -> dict[str, Any]:
 def _texture(image_paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
     import cv2
 
-    from steel_defect.data.realism import TEXTURE_KEYS, black_band, texture_features
+    from steel_defect.synthetic.realism import TEXTURE_KEYS, black_band, texture_features
 
     feats, widths, sides = [], [], Counter()
     for p in image_paths:
@@ -187,7 +187,7 @@ def derive_params(real: str | Path, classes: Sequence[int] = (1, 2, 3, 4)) -> di
             "256x1600: objects-per-image histogram (count_probs[k-1] = P(k objects), last bin k>=12), "
             "quantiles of bbox height/width and fill = area/(height*width), Spearman rho of height and width",
             "texture": f"{len(images)} real images (train_images + test_images): quantiles of the per-image "
-            "steel_defect.data.realism.texture_features",
+            "steel_defect.synthetic.realism.texture_features",
             "band": "the same images: share with an off-steel black band (realism.black_band), quantiles "
             "of its thickness as a fraction of the image across, and which side it is on",
         },

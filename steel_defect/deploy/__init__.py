@@ -1,0 +1,2 @@
+"""Deployment: ONNX export (:mod:`.onnx_export`), int8 quantisation (:mod:`.quantize`), the offline Kaggle
+bundle (:mod:`.kaggle`) and the inspection service (:mod:`.serve`)."""
