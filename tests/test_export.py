@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, SMALL_SHAPE, TINY_NET
-from tests.test_kaggle import make_tiny_checkpoint, separated_thresholds
+from tests.helpers import make_tiny_checkpoint, separated_thresholds
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
@@ -241,6 +241,7 @@ def test_bad_export_arguments(tiny_net, tmp_path, kwargs, needle):
 
 
 # ------------------------------------------------------------------------------------------------ predict.py
+@pytest.mark.slow
 @pytest.mark.parametrize("image_head", [False, True])
 def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     tmp_path, small_synthetic, image_head
@@ -289,7 +290,7 @@ def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     from steel_defect.export import OnnxNet
     from steel_defect.inference import run
     from steel_defect.thresholds import resolve_thresholds
-    from tests.test_inference import config, isolated_ckpt, tiny_run
+    from tests.helpers import config, isolated_ckpt, tiny_run
 
     files = tiny_run(tmp_path / "run")
     ckpt = isolated_ckpt(files, tmp_path)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.conftest import TINY_NET
-from tests.test_train import compose_train
+from tests.helpers import compose_train
 
 FOLD_RUN = [
     "experiment=fewshot_cpu",

@@ -16,7 +16,7 @@ from steel_defect.data.annotations import AnnotationError, rle_columns
 from steel_defect.data.folder import load_folder_annotations
 from steel_defect.rle import rle_decode
 from tests.conftest import TINY_NET
-from tests.test_train import compose_train
+from tests.helpers import compose_train
 
 # Not Severstal's 256x1600, and not one size: every image is predicted and evaluated at its own size.
 SIZES = ((96, 160), (64, 224), (96, 160), (80, 128))

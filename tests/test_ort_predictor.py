@@ -97,6 +97,7 @@ def test_thresholds_bound_to_the_source_weights_and_tta(exported, tmp_path):
         OrtPredictor.load([local], thresholds="raw", tta=["rot90"])
 
 
+@pytest.mark.slow
 def test_the_onnx_only_path_never_imports_torch(exported, tmp_path):
     """Run in a fresh interpreter where importing torch (or Lightning, Hydra) raises."""
     onnx, images = exported

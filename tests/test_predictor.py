@@ -17,12 +17,7 @@ from steel_defect.inference import run
 from steel_defect.predictor import Predictor, image_tensor
 from steel_defect.submission import read_submission
 from tests.conftest import REPO
-from tests.test_inference import config, isolated_ckpt, tiny_run
-
-
-@pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+from tests.helpers import config, isolated_ckpt
 
 
 def test_image_tensor_equals_the_prediction_loader(run_files):
@@ -104,6 +99,7 @@ def test_predictor_refuses_thresholds_tuned_for_other_weights(run_files, tmp_pat
         )
 
 
+@pytest.mark.slow
 def test_prediction_needs_no_lightning_hydra_or_torchmetrics(run_files, tmp_path):
     """Loading a Predictor, predicting in-memory images and a folder (what predict.py, the kernel and the
     service do) imports none of the training stack."""

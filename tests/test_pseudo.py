@@ -119,7 +119,7 @@ def test_task_pseudo_writes_what_the_rule_keeps(tmp_path):
     from steel_defect.inference import run
     from steel_defect.postprocess import PostprocessParams, save_thresholds
     from steel_defect.predictor import iter_predictions, load_nets
-    from tests.test_inference import config, tiny_run
+    from tests.helpers import config, tiny_run
 
     files = tiny_run(tmp_path / "run")
     images = files["data"] / "test_images"

@@ -85,6 +85,7 @@ def test_a_hostile_onnx_file_is_a_value_error_naming_it(models, which):
         weights_fingerprint(path.read_bytes() if which == "text" else b"\x08\x07garbage", path)
 
 
+@pytest.mark.slow
 def test_the_service_refuses_a_hostile_onnx_at_start_with_its_name(models):
     proc = subprocess.run(
         [sys.executable, "-m", "steel_defect.serve", f"ckpt={models['text']}"],

@@ -20,7 +20,7 @@ from steel_defect.serve.images import UploadError, check_image
 from steel_defect.serve.limits import deadline_protocol, uvicorn_options
 from steel_defect.serve.metrics import Metrics
 from steel_defect.serve.settings import DEFAULT_FORMATS, ServeSettings
-from tests.test_serve import pil_bytes
+from tests.helpers import pil_bytes
 
 
 class FakePredictor:

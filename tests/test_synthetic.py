@@ -252,6 +252,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_summary_help_and_refusal(tmp_path):
     out = tmp_path / "cli"
     args = [
