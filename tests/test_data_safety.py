@@ -259,6 +259,7 @@ def test_every_predict_output_onto_an_input_is_refused_before_anything_runs(run_
     assert (tree_hashes(kaggle_data), tree_hashes(ckpt.parent)) == before
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_replaced_only_by_their_own_kind(run_files, tmp_path):
     """out= may replace a submission, never a label csv or a picture; overlays replace only overlays."""
     from steel_defect.inference import run

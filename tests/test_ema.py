@@ -41,6 +41,7 @@ def test_checkpoint_holds_the_average_and_test_scores_it(tmp_path):
             assert torch.equal(v, averaged[k]), k
 
 
+@pytest.mark.slow
 def test_the_average_follows_the_decay(tmp_path):
     """decay -> 1 keeps the first weights (the EMA starts as a copy of the step-0 weights); a small decay
     follows the trained ones."""

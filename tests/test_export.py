@@ -83,6 +83,7 @@ def exported_head(head_net, tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ export
+@pytest.mark.slow
 def test_onnx_file_is_valid_and_carries_metadata(exported, tiny_net):
     import onnx
 
@@ -101,6 +102,7 @@ def test_onnx_file_is_valid_and_carries_metadata(exported, tiny_net):
         assert meta["width"] == (None if kind == "dynamic" else W)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_probabilities_match_torch_fixed_width(exported, tiny_net, batch):
     x = torch.rand(batch, 3, H, W, generator=torch.Generator().manual_seed(batch))
@@ -108,6 +110,7 @@ def test_probabilities_match_torch_fixed_width(exported, tiny_net, batch):
     assert gap["mask"] < PROB_TOLERANCE and gap["class"] < PROB_TOLERANCE, gap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [W, 2 * W, W - 64])
 def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
     x = torch.rand(2, 3, H, width, generator=torch.Generator().manual_seed(width))
@@ -118,6 +121,7 @@ def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
     assert gap["mask"] < PROB_TOLERANCE and gap["class"] < PROB_TOLERANCE, gap
 
 
+@pytest.mark.slow
 def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     """Padding, hflip TTA and averaging are torch code around the net: the same for both runtimes."""
     from steel_defect.predictor import predict_batch
@@ -128,6 +132,7 @@ def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     assert (t_mask - o_mask).abs().max() < PROB_TOLERANCE and (t_cls - o_cls).abs().max() < PROB_TOLERANCE
 
 
+@pytest.mark.slow
 def test_image_head_is_a_third_onnx_output_matching_torch(exported_head, head_net, exported, tiny_net):
     import onnx
 
@@ -179,6 +184,7 @@ def test_export_that_disagrees_with_torch_is_removed(tiny_net, tmp_path, monkeyp
 
 
 # ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.slow
 def test_fixed_width_model_rejects_other_widths(exported):
     net = OnnxNet(exported["fixed"])
     with pytest.raises(ValueError, match=r"fixed width 320.*got input width 640.*dynamic_width=true"):
@@ -217,6 +223,7 @@ def test_foreign_onnx_model_is_refused(tmp_path):
         OnnxNet(tmp_path / "foreign.onnx")
 
 
+@pytest.mark.slow
 def test_missing_extra_names_the_install_command(monkeypatch, exported, tiny_net, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r'pip install "steel-defect\[onnx\]"'):
@@ -286,6 +293,7 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     assert torch_csv == onnx_csv
 
 
+@pytest.mark.slow
 def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     from steel_defect.export import OnnxNet
     from steel_defect.inference import run

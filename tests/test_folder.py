@@ -219,6 +219,7 @@ def test_module_follows_the_class_names_and_refuses_a_mismatch():
         SteelDefectModule(net={**net, "classes": 4}, class_names=["a", "b"])
 
 
+@pytest.mark.slow
 def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     """`python train.py data=folder data.classes=[pit,scratch]` on images of several non-Severstal sizes:
     the checkpoint, the thresholds, the held-out table and predict.py all carry two named classes."""

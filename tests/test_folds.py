@@ -41,6 +41,7 @@ def fold_runs(tmp_path: Path, kind: str = "kfold") -> tuple[Path, list[Path]]:
     return files["data"], ckpts
 
 
+@pytest.mark.slow
 def test_tune_oof_pools_every_fold_with_its_own_checkpoint(tmp_path):
     data, ckpts = fold_runs(tmp_path)
     result = run(config(task="tune_oof", ckpt=[str(p) for p in ckpts], data={"root": str(data)}))
@@ -84,6 +85,7 @@ def test_tune_oof_pools_every_fold_with_its_own_checkpoint(tmp_path):
     assert yaml.safe_load(other.read_text())["params"] == doc["params"]
 
 
+@pytest.mark.slow
 def test_tune_oof_refuses_what_is_not_one_kfold_split(tmp_path):
     data, ckpts = fold_runs(tmp_path, kind="notebook")
     with pytest.raises(ValueError, match="needs k-fold runs"):

@@ -250,6 +250,7 @@ def test_read_submission_errors_name_file_and_line(tmp_path):
         read_submission(path)
 
 
+@pytest.mark.slow
 def test_real_legacy_kernel_submission_converts_to_current_format(tmp_path):
     legacy = SAMPLES / "public-kernel-submission-legacy.csv"
     if not legacy.is_file():
@@ -371,6 +372,7 @@ def test_threshold_resolution(run_files, tmp_path):
         resolve_thresholds("nothing.yaml", ckpt, meta)
 
 
+@pytest.mark.slow
 def test_thresholds_yaml_beside_the_checkpoint_is_used_by_default_and_raw_ignores_it(run_files, tmp_path):
     from steel_defect.postprocess import save_thresholds
 
@@ -391,6 +393,7 @@ def test_thresholds_yaml_beside_the_checkpoint_is_used_by_default_and_raw_ignore
 # ======================================================================================================
 # Prediction: corrupt images, other sizes, streaming order
 # ======================================================================================================
+@pytest.mark.slow
 def test_corrupt_and_other_size_images(run_files, net, tmp_path, caplog):
     from steel_defect.data.dataset import read_image
 
@@ -428,6 +431,7 @@ def test_corrupt_and_other_size_images(run_files, net, tmp_path, caplog):
         assert by_id[p.name] == want
 
 
+@pytest.mark.slow
 def test_ensemble_and_tta_through_run(run_files, net, tmp_path):
     from steel_defect.data.dataset import read_image
 
@@ -548,6 +552,7 @@ def test_task_tune_writes_thresholds_beside_the_checkpoint(run_files, tmp_path, 
         run(config(task="tune", ckpt=str(ckpt), data={"root": str(run_files["data"])}))
 
 
+@pytest.mark.slow
 def test_image_head_checkpoint_tunes_both_sources_and_predicts_with_the_image_gate(
     run_files, tmp_path, capsys
 ):
@@ -628,6 +633,7 @@ def test_render_overlay_draws_classes_legend_and_truth():
         render_overlay(image, masks[:, :32], [0.1] * 4, "x.jpg")
 
 
+@pytest.mark.slow
 def test_overlays_written_by_run(run_files, tmp_path):
     folder = tmp_path / "ov"
     summary = run(
@@ -650,6 +656,7 @@ def test_overlays_written_by_run(run_files, tmp_path):
 # ======================================================================================================
 # Thresholds bound to the weights and TTA they were tuned for
 # ======================================================================================================
+@pytest.mark.slow
 def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_path):
     from steel_defect.fingerprint import net_fingerprint, weights_fingerprint
 
@@ -679,6 +686,7 @@ def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_
     run(config(ckpt=str(ckpt_b), thresholds=tuned, images=str(images), out=out))
 
 
+@pytest.mark.slow
 def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
     """auto (channels_last weights) against eager fp32: the same probabilities to float noise, and the same
     submission and Dice on the tiny synthetic set."""

@@ -278,6 +278,7 @@ def test_wheel_from_a_fake_dist_and_a_modified_install(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.slow
 def test_slim_checkpoint_keeps_only_what_loads_the_net(gated_run, tmp_path):
     from steel_defect.models.checkpoint import load_net_from_checkpoint
 
@@ -320,6 +321,7 @@ def test_kernel_source_embeds_the_settings_and_the_notebook_holds_it():
         nbformat.validate(nbformat.from_dict(nb))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_head", [False, True])
 def test_run_kernel_passes_its_settings_through_like_predict_py_with_and_without_image_head(
     image_head, small_synthetic, tmp_path
@@ -373,6 +375,7 @@ def test_run_kernel_names_a_missing_input_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bundle
+@pytest.mark.slow
 def test_bundle_layout_and_manifest(bundle, gated_run):
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     names = {w["name"] for w in manifest["wheels"]}
@@ -391,6 +394,7 @@ def test_bundle_layout_and_manifest(bundle, gated_run):
     )
 
 
+@pytest.mark.slow
 def test_bundle_refuses_to_overwrite_unless_asked(bundle, gated_run, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=true"):
         build_bundle(str(gated_run["ckpt"]), bundle)
@@ -406,6 +410,7 @@ def test_bundle_refuses_to_overwrite_unless_asked(bundle, gated_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", Path(wheel).name]
 
 
+@pytest.mark.slow
 def test_bundle_without_tuned_thresholds_is_refused_unless_told(gated_run, tmp_path):
     lonely = tmp_path / "lonely" / "model.ckpt"
     lonely.parent.mkdir()
@@ -417,12 +422,14 @@ def test_bundle_without_tuned_thresholds_is_refused_unless_told(gated_run, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_failed_bundle_leaves_nothing_behind(gated_run, tmp_path):
     with pytest.raises(ValueError, match="no-such-package-xyz"):
         build_bundle(str(gated_run["ckpt"]), tmp_path / "out", wheels=["no-such-package-xyz"])
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(tmp_path):
     from steel_defect.postprocess import PostprocessParams, save_thresholds
 
@@ -553,6 +560,7 @@ def onnx_bundle(bundle, gated_run) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
     manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
     settings = manifest["settings"]

@@ -49,6 +49,7 @@ def test_image_tensor_refuses_what_is_not_an_image(array, message):
         image_tensor(array)
 
 
+@pytest.mark.slow
 def test_predictor_on_in_memory_images_equals_predict_py(run_files, tmp_path):
     """Same masks as the CLI, for several sizes in one call, in the order given, with an ensemble and TTA."""
     folder = run_files["data"] / "test_images"
@@ -74,6 +75,7 @@ def test_predictor_on_in_memory_images_equals_predict_py(run_files, tmp_path):
     assert any(p.masks.any() for p in preds)  # the comparison is not between empty masks
 
 
+@pytest.mark.slow
 def test_predictor_refuses_thresholds_tuned_for_other_weights(run_files, tmp_path):
     import yaml
 

@@ -51,6 +51,7 @@ def models(tmp_path_factory):
     return {"good": good, "tampered": tampered, "nested": nested, "text": text}
 
 
+@pytest.mark.slow
 def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
     from steel_defect.ort_predictor import OrtModel
     from steel_defect.predictor import Predictor
@@ -70,6 +71,7 @@ def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
     assert b["weights_fingerprints"] == [tampered.weights_fingerprint]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["nested", "text"])
 def test_a_hostile_onnx_file_is_a_value_error_naming_it(models, which):
     from steel_defect.onnx_meta import parse_metadata

@@ -38,6 +38,7 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.C
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["unet_effb1", "unet_efflite1", "unet_resnet34", "fpn_effb3", "tiny"])
 def test_every_model_config_composes_and_builds(model, tmp_path):
     from steel_defect.models import build_model
@@ -131,6 +132,7 @@ def test_the_demo_composes_into_valid_parts(tmp_path):
     assert plain["trainer"]["precision"] == "32-true" and plain["trainer"]["max_epochs"] == 4
 
 
+@pytest.mark.slow
 def test_fast_dev_run_in_process(tmp_path):
     from train import train
 
@@ -200,6 +202,7 @@ def held_out_dice(ckpt: Path, datamodule, params) -> dict[str, float]:
     return {"mean": float(kaggle_dice(pred, target)), "per_class": kaggle_dice_per_class(pred, target)}
 
 
+@pytest.mark.slow
 def test_fit_then_test_logs_held_out_dice_three_ways_and_tuned_uses_thresholds_yaml(tmp_path, caplog):
     """After fit + test: test/dice_{raw,default,tuned} (+ per class) on the held-out split; dice_tuned is the
     Dice of the thresholds.yaml that tuning wrote on val (with both image-gate sources measured)."""
@@ -356,6 +359,7 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     del train
 
 
+@pytest.mark.slow
 def test_resume_matches_straight_run(tmp_path):
     """A run stopped after epoch 1 and resumed with ckpt_path ends where a straight 2-epoch run ends."""
     from train import train
