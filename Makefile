@@ -6,7 +6,7 @@ EXTRAS ?= dev,pretrained,onnx,optuna,serve
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser test lint demo clean
+.PHONY: install browser test test-fast lint demo clean
 DEMO_DIR ?= logs/demo
 # real labelled Severstal images, when the shared folder is beside the checkout (the yardstick)
 REAL_DIR ?= ../shared/data/severstal-real
@@ -26,8 +26,13 @@ browser:
 		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
 		&& echo "installed chromium for the browser test"; } || echo "chromium not installed: the browser test will be skipped"
 
+# everything, slow tests included (CI: .ci/run); prints the 15 slowest
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# the quick lane while editing: no subprocesses, servers, venvs, browsers or trainings (tests marked slow)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,10 @@
-"""Shared fixtures. Tests never touch the network, and use tiny images/encoders unless a test is about size."""
+"""Shared fixtures (plain helpers and constants: tests/helpers.py). Tests never touch the network, and use tiny
+images/encoders unless a test is about size."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,19 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SAMPLES = SHARED / "data" / "severstal-samples"
-SMALL_SHAPE = (64, 320)
-#: The network of unit tests (conf/model/tiny.yaml holds the same for train.py tests): timm's test EfficientNet
-#: (random weights) with a narrow decoder, 0.17M parameters. A checkpoint is ~2 MB, not the 164 MB of a
-#: ResNet-18 U-Net with its AdamW state (those filled a CI runner's disk), and a forward is ~20x faster.
-TINY_NET: dict = {
-    "arch": "Unet",
-    "encoder_name": "tu-test_efficientnet",
-    "encoder_weights": None,
-    "decoder_channels": [32, 32, 16, 16, 8],
-}
+from tests.helpers import REPO, SAMPLES, SHARED, SMALL_SHAPE, TINY_NET, tiny_run  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +47,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def run_files(tmp_path_factory) -> dict[str, Path]:
+    """The tiny run of :func:`tests.helpers.tiny_run` (synthetic data, checkpoints ``a``/``b``/``head``, split),
+    built once per session."""
+    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+
+
+@pytest.fixture
+def quiet_trainer_warnings():
+    """Silence Lightning's CPU-only warnings (few workers, GPU not used) in in-process Trainer tests."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        yield

@@ -141,6 +141,7 @@ def test_bad_csvs_are_refused_naming_the_line(tmp_path):
     assert read_kaggle_csv(legacy) == {"a.jpg": {1: "1 3"}}
 
 
+@pytest.mark.slow
 def test_command_line_round_trip_and_error_exit(tmp_path):
     src = tmp_path / "src"
     make_folder(src, 4, [(16, 24), (16, 24)])

@@ -23,7 +23,6 @@ import pytest
 
 from steel_defect.guard import UnsafeWriteError
 from tests.conftest import REPO, SMALL_SHAPE
-from tests.test_inference import tiny_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
 
@@ -93,11 +92,6 @@ def read_only_copy(tmp_path, kaggle_data) -> Path:
     yield root
     for p in [root, *root.rglob("*")]:
         p.chmod(stat.S_IMODE(p.stat().st_mode) | 0o200)
-
-
-@pytest.fixture(scope="module")
-def run_files(tmp_path_factory) -> dict[str, Path]:
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
 
 
 def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -181,6 +175,7 @@ def test_real_data_configs_cannot_switch_generation_on(kaggle_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ M8: the generator CLI
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["kaggle_data", "folder_data", "read_only_copy"])
 def test_synthetic_cli_overwrite_refuses_a_real_set(which, request):
     root = request.getfixturevalue(which)
@@ -264,6 +259,7 @@ def test_every_predict_output_onto_an_input_is_refused_before_anything_runs(run_
     assert (tree_hashes(kaggle_data), tree_hashes(ckpt.parent)) == before
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_replaced_only_by_their_own_kind(run_files, tmp_path):
     """out= may replace a submission, never a label csv or a picture; overlays replace only overlays."""
     from steel_defect.tasks.dispatch import run

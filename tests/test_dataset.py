@@ -122,6 +122,7 @@ def test_domain_randomisation_keeps_grey_masks_and_is_off_by_default():
 
 
 # ----------------------------------------------------------------------------------------- SteelDataset
+@pytest.mark.slow
 def test_steel_dataset_items_match_annotations(synth, annotations):
     ds = SteelDataset(annotations, synth / "train_images", shape=SHAPE)
     assert len(ds) == len(annotations)

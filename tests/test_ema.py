@@ -8,18 +8,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from steel_defect.models import load_net_from_checkpoint
 from steel_defect.training.callbacks import EMA
-from tests.test_module import _loader, _module, _quiet, _trainer  # noqa: F401  (_quiet: autouse fixture)
+from tests.helpers import cpu_trainer, steel_loader, tiny_module
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "quiet_trainer_warnings")
 
 
 def _fit_with_ema(tmp_path, decay: float = 0.5):
     torch.manual_seed(0)
-    module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2})
+    module = tiny_module(optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-2})
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/dice", mode="max")
     ema = EMA(decay=decay)
-    trainer = _trainer(tmp_path, max_steps=4, callbacks=[ckpt, ema], enable_checkpointing=True)
-    trainer.fit(module, train_dataloaders=_loader(4), val_dataloaders=_loader(2, seed=1))
+    trainer = cpu_trainer(tmp_path, max_steps=4, callbacks=[ckpt, ema], enable_checkpointing=True)
+    trainer.fit(module, train_dataloaders=steel_loader(4), val_dataloaders=steel_loader(2, seed=1))
     return module, trainer, ckpt.best_model_path, ema
 
 
@@ -35,12 +35,13 @@ def test_checkpoint_holds_the_average_and_test_scores_it(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(v, averaged[f"net.{k}"])
     # Lightning's callback would put the raw weights back when test() loads the checkpoint; ours keeps the EMA.
-    trainer.test(module, dataloaders=_loader(2, seed=2), ckpt_path=best, weights_only=True)
+    trainer.test(module, dataloaders=steel_loader(2, seed=2), ckpt_path=best, weights_only=True)
     for k, v in module.state_dict().items():
         if k in averaged:
             assert torch.equal(v, averaged[k]), k
 
 
+@pytest.mark.slow
 def test_the_average_follows_the_decay(tmp_path):
     """decay -> 1 keeps the first weights (the EMA starts as a copy of the step-0 weights); a small decay
     follows the trained ones."""

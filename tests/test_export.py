@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, SMALL_SHAPE, TINY_NET
-from tests.test_kaggle import make_tiny_checkpoint, separated_thresholds
+from tests.helpers import make_tiny_checkpoint, separated_thresholds
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
@@ -80,6 +80,7 @@ def exported_head(head_net, tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ export
+@pytest.mark.slow
 def test_onnx_file_is_valid_and_carries_metadata(exported, tiny_net):
     import onnx
 
@@ -98,6 +99,7 @@ def test_onnx_file_is_valid_and_carries_metadata(exported, tiny_net):
         assert meta["width"] == (None if kind == "dynamic" else W)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3])
 def test_probabilities_match_torch_fixed_width(exported, tiny_net, batch):
     x = torch.rand(batch, 3, H, W, generator=torch.Generator().manual_seed(batch))
@@ -105,6 +107,7 @@ def test_probabilities_match_torch_fixed_width(exported, tiny_net, batch):
     assert gap["mask"] < PROB_TOLERANCE and gap["class"] < PROB_TOLERANCE, gap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [W, 2 * W, W - 64])
 def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
     x = torch.rand(2, 3, H, width, generator=torch.Generator().manual_seed(width))
@@ -115,6 +118,7 @@ def test_probabilities_match_torch_dynamic_width(exported, tiny_net, width):
     assert gap["mask"] < PROB_TOLERANCE and gap["class"] < PROB_TOLERANCE, gap
 
 
+@pytest.mark.slow
 def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     """Padding, hflip TTA and averaging are torch code around the net: the same for both runtimes."""
     from steel_defect.inference.predictor import predict_batch
@@ -125,6 +129,7 @@ def test_onnx_net_drops_into_predict_batch_with_tta(exported, tiny_net):
     assert (t_mask - o_mask).abs().max() < PROB_TOLERANCE and (t_cls - o_cls).abs().max() < PROB_TOLERANCE
 
 
+@pytest.mark.slow
 def test_image_head_is_a_third_onnx_output_matching_torch(exported_head, head_net, exported, tiny_net):
     import onnx
 
@@ -176,6 +181,7 @@ def test_export_that_disagrees_with_torch_is_removed(tiny_net, tmp_path, monkeyp
 
 
 # ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.slow
 def test_fixed_width_model_rejects_other_widths(exported):
     net = OnnxNet(exported["fixed"])
     with pytest.raises(ValueError, match=r"fixed width 320.*got input width 640.*dynamic_width=true"):
@@ -214,6 +220,7 @@ def test_foreign_onnx_model_is_refused(tmp_path):
         OnnxNet(tmp_path / "foreign.onnx")
 
 
+@pytest.mark.slow
 def test_missing_extra_names_the_install_command(monkeypatch, exported, tiny_net, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r'pip install "steel-defect\[onnx\]"'):
@@ -238,6 +245,7 @@ def test_bad_export_arguments(tiny_net, tmp_path, kwargs, needle):
 
 
 # ------------------------------------------------------------------------------------------------ predict.py
+@pytest.mark.slow
 @pytest.mark.parametrize("image_head", [False, True])
 def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     tmp_path, small_synthetic, image_head
@@ -282,11 +290,12 @@ def test_predict_task_export_then_runtime_onnx_gives_the_same_submission(
     assert torch_csv == onnx_csv
 
 
+@pytest.mark.slow
 def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     from steel_defect.inference.onnx_net import OnnxNet
     from steel_defect.postprocess.thresholds import resolve_thresholds
     from steel_defect.tasks.dispatch import run
-    from tests.test_inference import config, isolated_ckpt, tiny_run
+    from tests.helpers import config, isolated_ckpt, tiny_run
 
     files = tiny_run(tmp_path / "run")
     ckpt = isolated_ckpt(files, tmp_path)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.conftest import TINY_NET
-from tests.test_train import compose_train
+from tests.helpers import compose_train
 
 FOLD_RUN = [
     "experiment=fewshot_cpu",
@@ -41,6 +41,7 @@ def fold_run(small_synthetic, tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_fold_ensemble_records_its_checkpoints_and_out_of_fold_thresholds(fold_run, small_synthetic):
     from steel_defect.data.splits import load_split
 
@@ -56,6 +57,7 @@ def test_fold_ensemble_records_its_checkpoints_and_out_of_fold_thresholds(fold_r
     assert not (fold_run / "fold_0" / "checkpoints" / "last.ckpt").exists()  # one file per fold
 
 
+@pytest.mark.slow
 def test_predict_with_a_run_folder_uses_the_ensemble_and_its_thresholds(fold_run, small_synthetic, tmp_path):
     from steel_defect.tasks.dispatch import run
 
@@ -180,6 +182,7 @@ def test_auto_bf16_only_where_the_cpu_has_it(flags, machine, accelerator, expect
     assert resolve_precision("16-mixed", accelerator, frozenset(flags)) == "16-mixed"
 
 
+@pytest.mark.slow
 def test_fold_ensemble_with_the_folder_layout_tunes_on_a_csv_in_the_run_folder(small_synthetic, tmp_path):
     """data=folder: the masks become a label csv inside the run folder for the out-of-fold search; the data
     folder is left as it was."""
@@ -212,6 +215,7 @@ def small_synthetic_defect_pairs(root: Path) -> int:
     return len((root / "train.csv").read_text().splitlines()) - 1
 
 
+@pytest.mark.slow
 def test_the_service_settings_resolve_a_run_folder(fold_run):
     from steel_defect.deploy.serve.settings import parse_settings
 

@@ -16,7 +16,7 @@ from steel_defect.data.annotations import AnnotationError, rle_columns
 from steel_defect.data.folder import load_folder_annotations
 from steel_defect.rle import rle_decode
 from tests.conftest import TINY_NET
-from tests.test_train import compose_train
+from tests.helpers import compose_train
 
 # Not Severstal's 256x1600, and not one size: every image is predicted and evaluated at its own size.
 SIZES = ((96, 160), (64, 224), (96, 160), (80, 128))
@@ -219,6 +219,7 @@ def test_module_follows_the_class_names_and_refuses_a_mismatch():
         SteelDefectModule(net={**net, "classes": 4}, class_names=["a", "b"])
 
 
+@pytest.mark.slow
 def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     """`python train.py data=folder data.classes=[pit,scratch]` on images of several non-Severstal sizes:
     the checkpoint, the thresholds, the held-out table and predict.py all carry two named classes."""

@@ -1,8 +1,8 @@
 """steel_defect.inference and steel_defect.report, in process: TTA, padding, ensembles, submission files,
 checkpoint and threshold loading, corrupt and other-size images, evaluation report, tuning, overlays.
 
-The tiny run (synthetic 64x320 data + a 1-step checkpoint) is built once per session by :func:`tiny_run`,
-which tests/test_predict.py shares.
+The tiny run (synthetic 64x320 data + a 1-step checkpoint) is built once per session by the `run_files`
+fixture of tests/conftest.py (tests.helpers.tiny_run), which other test modules share.
 """
 
 from __future__ import annotations
@@ -38,71 +38,9 @@ from steel_defect.submission import read_submission, write_submission
 from steel_defect.tasks.config import DEFAULTS, parse_config
 from steel_defect.tasks.dispatch import run
 from tests.conftest import REPO, SAMPLES, TINY_NET
+from tests.helpers import SHAPE, config, isolated_ckpt
 
-SHAPE = (64, 320)
 TINY_NET = {**TINY_NET, "classes": 4}
-_RUNS: dict[str, dict[str, Path]] = {}
-
-
-def tiny_run(base: Path) -> dict[str, Path]:
-    """A synthetic data set, a 1-step checkpoint (``a``), a perturbed copy (``b``), a 1-step checkpoint of a
-    net with an image head (``head``) and the run's split.json.
-
-    Cached per base folder, so both test files share one build per session.
-    """
-    key = str(base)
-    if key in _RUNS:
-        return _RUNS[key]
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    from steel_defect.data.annotations import load_annotations
-    from steel_defect.data.dataset import SteelDataset
-    from steel_defect.data.splits import save_split
-    from steel_defect.models.module import SteelDefectModule
-    from steel_defect.synthetic import generate_dataset
-
-    data, run_dir = base / "data", base / "run"
-    generate_dataset(data, n_train=8, n_test=4, seed=5, shape=SHAPE)
-    frame = load_annotations(data, shape=SHAPE)
-
-    def one_step_checkpoint(net: dict, seed: int, path: Path) -> Path:
-        torch.manual_seed(seed)
-        trainer = L.Trainer(
-            max_steps=1,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        module = SteelDefectModule(net=net)
-        trainer.fit(module, DataLoader(SteelDataset(frame, data / "train_images"), batch_size=4))
-        trainer.save_checkpoint(path)
-        return path
-
-    a = one_step_checkpoint(dict(TINY_NET), 0, run_dir / "checkpoints" / "epoch_000.ckpt")
-    # A second, different checkpoint for ensembles: same file, every float weight perturbed.
-    ckpt = torch.load(a, weights_only=True)
-    gen = torch.Generator().manual_seed(1)
-    ckpt["state_dict"] = {
-        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-        for k, v in ckpt["state_dict"].items()
-    }
-    b = run_dir / "checkpoints" / "other.ckpt"
-    torch.save(ckpt, b)
-    head = one_step_checkpoint(
-        {**TINY_NET, "image_head": True}, 1, run_dir / "head" / "checkpoints" / "epoch_000.ckpt"
-    )
-    ids = frame["ImageId"].tolist()
-    save_split({"train": ids[:4], "val": ids[4:]}, run_dir / "split.json")
-    _RUNS[key] = {"data": data, "run": run_dir, "a": a, "b": b, "head": head}
-    return _RUNS[key]
-
-
-@pytest.fixture(scope="session")
-def run_files(tmp_path_factory) -> dict[str, Path]:
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
 
 
 @pytest.fixture(scope="session")
@@ -111,29 +49,36 @@ def net(run_files):
     return nets[0]
 
 
-def isolated_ckpt(run_files, tmp_path: Path, which: str = "a") -> Path:
-    """A copy of checkpoint ``which`` alone in a fresh folder (so a thresholds.yaml beside it is the test's
-    own)."""
-    folder = tmp_path / which / "ckpt"
-    folder.mkdir(parents=True)
-    return Path(shutil.copy(run_files[which], folder / "model.ckpt"))
-
-
-def config(**overrides) -> dict:
-    cfg = {"num_workers": 0, "batch_size": 2, "device": "cpu"}
-    cfg.update(overrides)
-    return cfg
-
-
 # ======================================================================================================
 # TTA, padding, ensembles
 # ======================================================================================================
 @pytest.mark.parametrize("name", sorted(TTA_TRANSFORMS))
-def test_tta_pairs_are_exact_inverses(name):
-    aug, deaug = TTA_TRANSFORMS[name]
-    x = torch.randn(2, 4, 7, 13, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(deaug(aug(x)), x)
-    assert not torch.equal(aug(x), x)  # a real transform, not the identity
+def test_each_tta_view_flips_the_axes_it_names_and_is_flipped_back(name):
+    """The view named ``name`` is the flip a user expects (hflip: left-right, vflip: up-down, hvflip: both),
+    written out here, not taken from TTA_FLIPS; the masks predicted under it are that flip undone."""
+    flip = {
+        "hflip": lambda t: t.flip(-1),
+        "vflip": lambda t: t.flip(-2),
+        "hvflip": lambda t: t.flip(-1).flip(-2),
+    }
+    assert set(flip) == set(TTA_TRANSFORMS)
+    net = CornerRamp()
+    x = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    masks, _, _ = predict_batch(net, x, tta=[name])
+    expected = (net(x)[0].sigmoid() + flip[name](net(flip[name](x))[0].sigmoid())) / 2
+    torch.testing.assert_close(masks, expected)
+    for other in set(flip) - {name}:  # the ramp tells the three flips apart
+        wrong = (net(x)[0].sigmoid() + flip[other](net(flip[other](x))[0].sigmoid())) / 2
+        assert not torch.allclose(masks, wrong)
+
+
+class CornerRamp(nn.Module):
+    """Mask logits that grow along both the rows and the columns: no flip leaves them unchanged."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ramp = torch.linspace(-3, 3, h)[:, None] + 2 * torch.linspace(-3, 3, w)[None, :]
+        return (x[:, :1] + ramp).repeat(1, 4, 1, 1), x.mean(dim=(1, 2, 3))[:, None].repeat(1, 4)
 
 
 class FlipEquivariant(nn.Module):
@@ -306,6 +251,7 @@ def test_read_submission_errors_name_file_and_line(tmp_path):
         read_submission(path)
 
 
+@pytest.mark.slow
 def test_real_legacy_kernel_submission_converts_to_current_format(tmp_path):
     legacy = SAMPLES / "public-kernel-submission-legacy.csv"
     if not legacy.is_file():
@@ -427,6 +373,7 @@ def test_threshold_resolution(run_files, tmp_path):
         resolve_thresholds("nothing.yaml", ckpt, meta)
 
 
+@pytest.mark.slow
 def test_thresholds_yaml_beside_the_checkpoint_is_used_by_default_and_raw_ignores_it(run_files, tmp_path):
     from steel_defect.postprocess.params import save_thresholds
 
@@ -447,6 +394,7 @@ def test_thresholds_yaml_beside_the_checkpoint_is_used_by_default_and_raw_ignore
 # ======================================================================================================
 # Prediction: corrupt images, other sizes, streaming order
 # ======================================================================================================
+@pytest.mark.slow
 def test_corrupt_and_other_size_images(run_files, net, tmp_path, caplog):
     from steel_defect.data.dataset import read_image
 
@@ -484,6 +432,7 @@ def test_corrupt_and_other_size_images(run_files, net, tmp_path, caplog):
         assert by_id[p.name] == want
 
 
+@pytest.mark.slow
 def test_ensemble_and_tta_through_run(run_files, net, tmp_path):
     from steel_defect.data.dataset import read_image
 
@@ -604,6 +553,7 @@ def test_task_tune_writes_thresholds_beside_the_checkpoint(run_files, tmp_path, 
         run(config(task="tune", ckpt=str(ckpt), data={"root": str(run_files["data"])}))
 
 
+@pytest.mark.slow
 def test_image_head_checkpoint_tunes_both_sources_and_predicts_with_the_image_gate(
     run_files, tmp_path, capsys
 ):
@@ -684,6 +634,7 @@ def test_render_overlay_draws_classes_legend_and_truth():
         render_overlay(image, masks[:, :32], [0.1] * 4, "x.jpg")
 
 
+@pytest.mark.slow
 def test_overlays_written_by_run(run_files, tmp_path):
     folder = tmp_path / "ov"
     summary = run(
@@ -706,6 +657,7 @@ def test_overlays_written_by_run(run_files, tmp_path):
 # ======================================================================================================
 # Thresholds bound to the weights and TTA they were tuned for
 # ======================================================================================================
+@pytest.mark.slow
 def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_path):
     from steel_defect.fingerprint import net_fingerprint, weights_fingerprint
 
@@ -735,6 +687,7 @@ def test_thresholds_are_refused_for_other_weights_or_another_tta(run_files, tmp_
     run(config(ckpt=str(ckpt_b), thresholds=tuned, images=str(images), out=out))
 
 
+@pytest.mark.slow
 def test_runtime_auto_is_faithful_to_the_eager_reference(run_files, tmp_path):
     """auto (channels_last weights) against eager fp32: the same probabilities to float noise, and the same
     submission and Dice on the tiny synthetic set."""

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -44,7 +43,8 @@ from steel_defect.deploy.kaggle.bundle import (
     slim_checkpoint,
     wheel_from_installed,
 )
-from tests.conftest import REPO, SMALL_SHAPE, TINY_NET
+from tests.conftest import REPO, SMALL_SHAPE
+from tests.helpers import make_tiny_checkpoint, separated_thresholds
 
 H, W = SMALL_SHAPE
 #: Same prediction settings for kernel.py and predict.py.
@@ -52,78 +52,6 @@ PREDICT = {"batch_size": 3, "num_workers": 0, "tta": ["hflip"], "device": "cpu"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def make_tiny_checkpoint(path: Path, image_head: bool = False) -> Path:
-    """A real Lightning checkpoint of a tiny U-Net after one optimizer step (with optimizer states)."""
-    import lightning as L
-
-    from steel_defect.models.module import SteelDefectModule
-
-    L.seed_everything(0, verbose=False)
-    module = SteelDefectModule(net={**TINY_NET, "image_head": image_head}, scheduler={"name": "none"})
-    g = torch.Generator().manual_seed(0)
-    items = [
-        {
-            "image": torch.rand(3, H, W, generator=g),
-            "mask": (torch.rand(4, H, W, generator=g) > 0.9).float(),
-            "labels": torch.ones(4),
-        }
-        for _ in range(2)
-    ]
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(items, batch_size=2))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
-
-
-def separated_thresholds(
-    net: torch.nn.Module, images_dir: Path, out: Path, tta: list[str], margin: float = 1e-4
-) -> Path:
-    """Write a thresholds.yaml whose pixel/class thresholds sit in gaps of ``net``'s probabilities (under the
-    predictions' ``tta``) on the images (none within ``margin``), so that runtimes agreeing to ~1e-6 give
-    identical masks, and that still gives non-empty masks (about the top 10% of pixels per class, most
-    classes kept). For a net with an image head, the image gate uses it too (t_img in a gap of its
-    probabilities, most images kept)."""
-    from steel_defect.data.dataset import PredictDataset
-    from steel_defect.inference.predictor import predict_batch
-    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
-
-    ds = PredictDataset(images_dir)
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    mask_probs, class_probs, image_probs = predict_batch(net, x, tta=tta)
-
-    def gap_near(values: np.ndarray, q: float) -> float:
-        v = np.unique(values.astype(np.float64))
-        mids, gaps = (v[1:] + v[:-1]) / 2, v[1:] - v[:-1]
-        ok = np.flatnonzero(gaps > 2 * margin)
-        if not len(ok):
-            raise AssertionError("no probability gap wide enough for a robust threshold")
-        target = np.quantile(v, q)
-        return float(mids[ok[np.argmin(np.abs(mids[ok] - target))]])
-
-    params = PostprocessParams(
-        t_img=None,
-        t_cls=[gap_near(np.concatenate([class_probs[:, c].numpy(), [0.0, 1.0]]), 0.3) for c in range(4)],
-        t_pix=[gap_near(mask_probs[:, c].flatten().numpy(), 0.9) for c in range(4)],
-        min_area=[None] * 4,
-        max_area=[None] * 4,
-        min_component=[None] * 4,
-        reference_shape=None,
-    )
-    if image_probs is not None:
-        params.t_img = gap_near(np.concatenate([image_probs.numpy(), [0.0, 1.0]]), 0.3)
-        params.img_source = "image_head"
-    return save_thresholds(params, out)
-
-
 def network_isolation(tmp: Path) -> tuple[list[str], dict[str, str], str]:
     """(command prefix, extra env, description): ``unshare -rn`` / ``unshare -n`` (a network namespace with
     no interfaces) when the kernel allows it, else a sitecustomize socket guard on PYTHONPATH."""
@@ -223,7 +151,7 @@ def run_kernel_offline(bundle: Path, tmp_path: Path, hidden: Sequence[str] = ())
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
+def gated_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
     """A tiny checkpoint (with an image head) with a thresholds.yaml beside it that gates on the image head,
     and the synthetic test images."""
     from steel_defect.models.checkpoint import load_net_from_checkpoint
@@ -237,12 +165,12 @@ def tiny_run(tmp_path_factory, small_synthetic) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run) -> Path:
-    root = tiny_run["root"]
+def bundle(gated_run) -> Path:
+    root = gated_run["root"]
     return build_bundle(
-        str(tiny_run["ckpt"]),
+        str(gated_run["ckpt"]),
         root / "bundle",
-        input=str(tiny_run["images"]),
+        input=str(gated_run["images"]),
         output=str(root / "kaggle" / "working" / "submission.csv"),
         **PREDICT,
     )
@@ -351,10 +279,11 @@ def test_wheel_from_a_fake_dist_and_a_modified_install(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def test_slim_checkpoint_keeps_only_what_loads_the_net(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_slim_checkpoint_keeps_only_what_loads_the_net(gated_run, tmp_path):
     from steel_defect.models.checkpoint import load_net_from_checkpoint
 
-    src = tiny_run["ckpt"]
+    src = gated_run["ckpt"]
     dst = slim_checkpoint(src, tmp_path / "slim.ckpt")
     slim = torch.load(dst, weights_only=True)
     assert "optimizer_states" in torch.load(src, weights_only=True)
@@ -393,11 +322,16 @@ def test_kernel_source_embeds_the_settings_and_the_notebook_holds_it():
         nbformat.validate(nbformat.from_dict(nb))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_head", [False, True])
-def test_run_kernel_in_process_matches_predict_py_with_and_without_image_head(
+def test_run_kernel_passes_its_settings_through_like_predict_py_with_and_without_image_head(
     image_head, small_synthetic, tmp_path
 ):
-    """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files."""
+    """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files.
+
+    Both end in Predictor.load + predict_images, so for the torch engine the submissions agree by
+    construction: what this checks is the settings plumbing (bundle-relative checkpoints and thresholds,
+    tta, batch size, the image gate) from the kernel's settings to the predictor."""
     from steel_defect.models.checkpoint import load_net_from_checkpoint
     from steel_defect.postprocess.params import load_thresholds
     from steel_defect.tasks.dispatch import run
@@ -442,7 +376,8 @@ def test_run_kernel_names_a_missing_input_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bundle
-def test_bundle_layout_and_manifest(bundle, tiny_run):
+@pytest.mark.slow
+def test_bundle_layout_and_manifest(bundle, gated_run):
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     names = {w["name"] for w in manifest["wheels"]}
     assert names == {"steel-defect", *kaggle.DEFAULT_WHEELS}
@@ -451,7 +386,7 @@ def test_bundle_layout_and_manifest(bundle, tiny_run):
         assert hashlib.sha256((bundle / rel).read_bytes()).hexdigest() == info["sha256"], rel
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
     assert on_disk == set(manifest["files"]) | {MANIFEST_NAME}
-    assert (bundle / "thresholds.yaml").read_bytes() == tiny_run["thresholds"].read_bytes()
+    assert (bundle / "thresholds.yaml").read_bytes() == gated_run["thresholds"].read_bytes()
     assert manifest["settings"]["checkpoints"] == ["checkpoints/tiny.ckpt"]
     nb = json.loads((bundle / "kernel.ipynb").read_text())
     assert "".join(nb["cells"][0]["source"]) == (bundle / "kernel.py").read_text()
@@ -460,25 +395,27 @@ def test_bundle_layout_and_manifest(bundle, tiny_run):
     )
 
 
-def test_bundle_refuses_to_overwrite_unless_asked(bundle, tiny_run, tmp_path):
+@pytest.mark.slow
+def test_bundle_refuses_to_overwrite_unless_asked(bundle, gated_run, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=true"):
-        build_bundle(str(tiny_run["ckpt"]), bundle)
+        build_bundle(str(gated_run["ckpt"]), bundle)
     wheel = shutil.copy2(next((bundle / "wheels").glob("steel_defect-*.whl")), tmp_path)
     out = tmp_path / "b"
-    build_bundle(str(tiny_run["ckpt"]), out, wheels=[], project_wheel=wheel, thresholds="defaults")
+    build_bundle(str(gated_run["ckpt"]), out, wheels=[], project_wheel=wheel, thresholds="defaults")
     first = json.loads((out / MANIFEST_NAME).read_text())
     assert first["settings"]["thresholds"] == "defaults" and len(first["wheels"]) == 1
     assert not (out / "thresholds.yaml").exists()
-    build_bundle(str(tiny_run["ckpt"]), out, wheels="omegaconf", project_wheel=wheel, overwrite=True)
+    build_bundle(str(gated_run["ckpt"]), out, wheels="omegaconf", project_wheel=wheel, overwrite=True)
     second = json.loads((out / MANIFEST_NAME).read_text())
     assert {w["name"] for w in second["wheels"]} == {"steel-defect", "omegaconf"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", Path(wheel).name]
 
 
-def test_bundle_without_tuned_thresholds_is_refused_unless_told(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_bundle_without_tuned_thresholds_is_refused_unless_told(gated_run, tmp_path):
     lonely = tmp_path / "lonely" / "model.ckpt"
     lonely.parent.mkdir()
-    shutil.copy(tiny_run["ckpt"], lonely)
+    shutil.copy(gated_run["ckpt"], lonely)
     with pytest.raises(FileNotFoundError, match="no tuned thresholds.yaml beside .*thresholds=defaults"):
         build_bundle(str(lonely), tmp_path / "out", wheels=[])
     with pytest.raises(ValueError, match="say which post-processing"):
@@ -486,12 +423,14 @@ def test_bundle_without_tuned_thresholds_is_refused_unless_told(tiny_run, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_bundle_leaves_nothing_behind(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_failed_bundle_leaves_nothing_behind(gated_run, tmp_path):
     with pytest.raises(ValueError, match="no-such-package-xyz"):
-        build_bundle(str(tiny_run["ckpt"]), tmp_path / "out", wheels=["no-such-package-xyz"])
+        build_bundle(str(gated_run["ckpt"]), tmp_path / "out", wheels=["no-such-package-xyz"])
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(tmp_path):
     from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 
@@ -504,7 +443,8 @@ def test_bundle_refuses_image_head_thresholds_for_a_checkpoint_without_the_head(
     assert not (tmp_path / "out").exists()
 
 
-def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_path):
+@pytest.mark.slow
+def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, gated_run, tmp_path):
     """The real thing: fresh venv, --no-index install from the bundle, no network, same submission."""
     python, work, kernel, how = run_kernel_offline(bundle, tmp_path)
     venv = tmp_path / "venv"
@@ -538,8 +478,8 @@ def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_p
         [
             sys.executable,
             str(REPO / "predict.py"),
-            f"ckpt={tiny_run['ckpt']}",
-            f"images={tiny_run['images']}",
+            f"ckpt={gated_run['ckpt']}",
+            f"images={gated_run['images']}",
             f"out={expected}",
             f"batch_size={PREDICT['batch_size']}",
             f"num_workers={PREDICT['num_workers']}",
@@ -556,7 +496,7 @@ def test_kernel_in_fresh_venv_offline_matches_predict_py(bundle, tiny_run, tmp_p
     submission = Path(manifest["settings"]["output"])
     rows = list(csv.reader(submission.read_text().splitlines()))
     assert rows[0] == ["ImageId", "EncodedPixels", "ClassId"]
-    assert len(rows) - 1 == 4 * len(list(tiny_run["images"].glob("*.jpg")))
+    assert len(rows) - 1 == 4 * len(list(gated_run["images"].glob("*.jpg")))
     assert sum(bool(r[1]) for r in rows[1:]) >= 4, "the comparison needs non-empty masks"
     assert submission.read_bytes() == expected.read_bytes()
     # The bundled checkpoint carries the image head, and the bundled thresholds gate on it.
@@ -604,23 +544,24 @@ def test_kernel_refuses_a_bundled_binary_wheel_built_for_another_python_or_cpu()
 
 # ------------------------------------------------------------------------------------------------ runtime=onnx
 @pytest.fixture(scope="module")
-def onnx_bundle(bundle, tiny_run) -> Path:
+def onnx_bundle(bundle, gated_run) -> Path:
     """The same checkpoint bundled for the torch-free kernel (the project wheel reused from ``bundle``)."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     wheel = next((bundle / "wheels").glob("steel_defect-*.whl"))
-    root = tiny_run["root"]
+    root = gated_run["root"]
     return build_bundle(
-        str(tiny_run["ckpt"]),
+        str(gated_run["ckpt"]),
         root / "onnx_bundle",
         runtime="onnx",
         height=H,
         project_wheel=str(wheel),
-        input=str(tiny_run["images"]),
+        input=str(gated_run["images"]),
         output=str(root / "kaggle_onnx" / "working" / "submission.csv"),
         **PREDICT,
     )
 
 
+@pytest.mark.slow
 def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
     manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
     settings = manifest["settings"]
@@ -634,7 +575,8 @@ def test_onnx_bundle_ships_models_and_onnxruntime_not_torch(onnx_bundle):
     assert settings["runtime"]["wheel_tags"]["onnxruntime"].startswith("cp3")
 
 
-def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle, tiny_run, tmp_path):
+@pytest.mark.slow
+def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle, gated_run, tmp_path):
     """Fresh venv whose emulated Kaggle image has no torch, timm, smp, Lightning or Hydra; offline; the
     kernel installs the bundled onnxruntime and writes the same submission as predict.py on the model."""
     hidden = ["torch", "timm", "segmentation-models-pytorch", "lightning", "hydra-core", "torchmetrics"]
@@ -659,7 +601,7 @@ def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle,
     run(
         {
             "ckpt": str(onnx_bundle / "models" / "tiny.onnx"),
-            "images": str(tiny_run["images"]),
+            "images": str(gated_run["images"]),
             "thresholds": str(onnx_bundle / "thresholds.yaml"),
             "out": str(expected),
             **PREDICT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import warnings
 
 import lightning as L
 import pytest
@@ -12,12 +11,13 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from steel_defect.models import SteelDefectModule, load_net_from_checkpoint
 from steel_defect.models.module import cosine_warmup_factor
 from steel_defect.postprocess.params import PostprocessParams
 from tests.conftest import TINY_NET
+from tests.helpers import RandomSteel, cpu_trainer, steel_loader, tiny_module
 
 H, W = 64, 128
 NET = TINY_NET
@@ -25,66 +25,7 @@ PP_RAW = PostprocessParams.disabled().to_dict()
 
 
 # tiny CPU tests run faster on one thread (see conftest.one_torch_thread)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class RandomSteel(Dataset):
-    """Random images with a few rectangular defects: the data pipeline's batch dict layout."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 3, H, W, generator=g)
-        self.masks = torch.zeros(n, 4, H, W)
-        for i in range(n):
-            c = int(torch.randint(0, 4, (1,), generator=g))
-            if i % 3:  # every third image is defect-free
-                self.masks[i, c, 10:30, 20 + 5 * i : 60 + 5 * i] = 1
-                self.images[i, :, 10:30, 20 + 5 * i : 60 + 5 * i] *= 0.2
-        self.labels = (self.masks.flatten(2).amax(2) > 0).float()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "labels": self.labels[i],
-            "image_id": f"img{i}.jpg",
-        }
-
-
-def _loader(n: int = 4, seed: int = 0, batch_size: int = 2) -> DataLoader:
-    return DataLoader(RandomSteel(n, seed), batch_size=batch_size, shuffle=False, num_workers=0)
-
-
-def _module(**kw) -> SteelDefectModule:
-    args = {"net": dict(NET), "scheduler": {"name": "cosine", "warmup_steps": 1}}
-    args.update(kw)
-    return SteelDefectModule(**args)
-
-
-def _trainer(tmp_path, **kw) -> L.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-    )
-    args.update(kw)
-    return L.Trainer(**args)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "quiet_trainer_warnings")
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +33,10 @@ def fitted(tmp_path_factory):
     """A module fitted for 2 steps with a Trainer-saved checkpoint; returns (module, trainer, ckpt path)."""
     tmp = tmp_path_factory.mktemp("fit")
     L.seed_everything(0, verbose=False)
-    module = _module()
+    module = tiny_module()
     ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", filename="last", monitor="val/dice", mode="max")
-    trainer = _trainer(tmp, max_steps=2, limit_val_batches=2, callbacks=[ckpt], enable_checkpointing=True)
-    trainer.fit(module, train_dataloaders=_loader(4), val_dataloaders=_loader(4, seed=1))
+    trainer = cpu_trainer(tmp, max_steps=2, limit_val_batches=2, callbacks=[ckpt], enable_checkpointing=True)
+    trainer.fit(module, train_dataloaders=steel_loader(4), val_dataloaders=steel_loader(4, seed=1))
     return module, trainer, ckpt.best_model_path
 
 
@@ -122,8 +63,8 @@ def test_validation_dice_values_match_direct_computation(tmp_path):
     from steel_defect.metrics import kaggle_dice
 
     L.seed_everything(1, verbose=False)
-    module = _module(postprocess=PP_RAW)
-    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4), verbose=False)[0]
+    module = tiny_module(postprocess=PP_RAW)
+    out = cpu_trainer(tmp_path).validate(module, dataloaders=steel_loader(4), verbose=False)[0]
     assert out["val/dice"] == pytest.approx(out["val/dice_raw"])
     module.eval()
     data = RandomSteel(4)
@@ -135,7 +76,7 @@ def test_validation_dice_values_match_direct_computation(tmp_path):
 
 def test_perfect_predictions_give_dice_one_and_cls_f1_one(tmp_path):
     """Feed a network whose logits are the targets: every Dice and the head's F1 are 1."""
-    module = _module(postprocess=PP_RAW)
+    module = tiny_module(postprocess=PP_RAW)
     data = RandomSteel(4)
 
     def oracle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +84,7 @@ def test_perfect_predictions_give_dice_one_and_cls_f1_one(tmp_path):
         return data.masks[i] * 20 - 10, data.labels[i] * 20 - 10
 
     module.forward = oracle  # instance attribute: used by module(x)
-    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4), verbose=False)[0]
+    out = cpu_trainer(tmp_path).validate(module, dataloaders=steel_loader(4), verbose=False)[0]
     assert out["val/dice"] == pytest.approx(1.0) and out["val/dice_raw"] == pytest.approx(1.0)
     present = data.labels.sum(0) > 0
     for c in range(4):
@@ -153,7 +94,7 @@ def test_perfect_predictions_give_dice_one_and_cls_f1_one(tmp_path):
 
 def test_test_step_mirrors_validation(tmp_path, fitted):
     module, _, _ = fitted
-    out = _trainer(tmp_path).test(module, dataloaders=_loader(2), verbose=False)[0]
+    out = cpu_trainer(tmp_path).test(module, dataloaders=steel_loader(2), verbose=False)[0]
     expected = {"test/loss", "test/dice_raw", "test/dice_raw_4", "test/dice_default", "test/dice_default_4"}
     expected |= {"test/cls_recall_2", "test/img_auroc_max_cls"}
     assert expected <= set(out), sorted(expected - set(out))
@@ -165,15 +106,15 @@ def test_test_step_mirrors_validation(tmp_path, fitted):
 
 def test_overfitting_one_batch_lowers_the_loss(tmp_path):
     L.seed_everything(2, verbose=False)
-    module = _module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-2}, scheduler={"name": "none"})
+    module = tiny_module(optimizer={"_target_": "torch.optim.AdamW", "lr": 3e-2}, scheduler={"name": "none"})
     losses: list[float] = []
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    one_batch = DataLoader([next(iter(_loader(2)))], batch_size=None)
-    _trainer(tmp_path, max_steps=15, limit_val_batches=0, callbacks=[Record()]).fit(module, one_batch)
+    one_batch = DataLoader([next(iter(steel_loader(2)))], batch_size=None)
+    cpu_trainer(tmp_path, max_steps=15, limit_val_batches=0, callbacks=[Record()]).fit(module, one_batch)
     print(f"overfit one batch: training loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert len(losses) == 15
     assert losses[-1] < 0.6 * losses[0], losses
@@ -181,14 +122,14 @@ def test_overfitting_one_batch_lowers_the_loss(tmp_path):
 
 @pytest.mark.parametrize("name", ["cosine", "onecycle", "none"])
 def test_schedulers_step_per_optimizer_step(tmp_path, name):
-    module = _module(scheduler={"name": name, "warmup_steps": 2, "min_lr_ratio": 0.1})
+    module = tiny_module(scheduler={"name": name, "warmup_steps": 2, "min_lr_ratio": 0.1})
     lrs = []
 
     class Track(L.Callback):
         def on_train_batch_start(self, trainer, *args):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    _trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Track()]).fit(module, _loader(8))
+    cpu_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Track()]).fit(module, steel_loader(8))
     assert len(lrs) == 4
     if name == "none":
         assert lrs == [3e-4] * 4
@@ -229,18 +170,18 @@ def test_checkpoint_is_plain_data_and_rebuilds_identically(fitted):
 
 
 def test_onecycle_checkpoint_loads_weights_only_and_resumes(tmp_path):
-    module = _module(scheduler={"name": "onecycle"})
+    module = tiny_module(scheduler={"name": "onecycle"})
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    trainer = _trainer(
+    trainer = cpu_trainer(
         tmp_path, max_steps=4, limit_val_batches=0, callbacks=[ckpt], enable_checkpointing=True
     )
-    trainer.fit(module, _loader(8))
+    trainer.fit(module, steel_loader(8))
     path = tmp_path / "step=2.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["lr_schedulers"] and "steel_defect" in ckpt and ckpt["global_step"] == 2
-    resumed = _module(scheduler={"name": "onecycle"})
-    trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
-    trainer.fit(resumed, _loader(8), ckpt_path=path, weights_only=True)
+    resumed = tiny_module(scheduler={"name": "onecycle"})
+    trainer = cpu_trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(resumed, steel_loader(8), ckpt_path=path, weights_only=True)
     assert trainer.global_step == 4
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4
 
@@ -296,35 +237,35 @@ def test_hparams_are_plain_even_from_dictconfig():
 @pytest.mark.parametrize("lr", [-1e-3, 0, "fast"])
 def test_bad_lr_names_the_key(lr):
     with pytest.raises(ValueError, match=r"model\.optimizer\.lr"):
-        _module(optimizer={"_target_": "torch.optim.AdamW", "lr": lr})
+        tiny_module(optimizer={"_target_": "torch.optim.AdamW", "lr": lr})
 
 
 def test_bad_scheduler_and_optimizer_are_named():
     with pytest.raises(ValueError, match=r"model\.scheduler\.name='step'.*cosine, onecycle, none"):
-        _module(scheduler={"name": "step"})
+        tiny_module(scheduler={"name": "step"})
     with pytest.raises(ValueError, match=r"model\.scheduler\.warmup"):
-        _module(scheduler={"name": "cosine", "warmup": 3})
+        tiny_module(scheduler={"name": "cosine", "warmup": 3})
     with pytest.raises(ValueError, match=r"model\.optimizer\._target_"):
-        _module(optimizer={"_target_": "torch.nn.Linear", "lr": 1e-3})
+        tiny_module(optimizer={"_target_": "torch.nn.Linear", "lr": 1e-3})
     with pytest.raises(
         ValueError, match=r"model\.optimizer\._target_='torch\.optim\.Adamw' cannot be imported"
     ):
-        _module(optimizer={"_target_": "torch.optim.Adamw", "lr": 1e-3})
+        tiny_module(optimizer={"_target_": "torch.optim.Adamw", "lr": 1e-3})
     with pytest.raises(ValueError, match=r"model\.loss\.dice"):
-        _module(loss={"dice": 1.0})
+        tiny_module(loss={"dice": 1.0})
     with pytest.raises(ValueError, match=r"model\.cls_threshold"):
-        _module(cls_threshold=1.5)
+        tiny_module(cls_threshold=1.5)
     with pytest.raises(ValueError, match=r"model\.net\.arch"):
-        _module(net={**NET, "arch": "NoNet"})
+        tiny_module(net={**NET, "arch": "NoNet"})
 
 
 def test_channels_last_gives_the_same_outputs(tmp_path):
     L.seed_everything(3, verbose=False)
-    plain = _module(postprocess=PP_RAW)
-    fast = _module(postprocess=PP_RAW, channels_last=True)
+    plain = tiny_module(postprocess=PP_RAW)
+    fast = tiny_module(postprocess=PP_RAW, channels_last=True)
     fast.load_state_dict(plain.state_dict())
-    a = _trainer(tmp_path).validate(plain, dataloaders=_loader(2), verbose=False)[0]
-    b = _trainer(tmp_path).validate(fast, dataloaders=_loader(2), verbose=False)[0]
+    a = cpu_trainer(tmp_path).validate(plain, dataloaders=steel_loader(2), verbose=False)[0]
+    b = cpu_trainer(tmp_path).validate(fast, dataloaders=steel_loader(2), verbose=False)[0]
     assert fast.net.model.encoder.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert b["val/dice"] == pytest.approx(a["val/dice"], abs=1e-6)
     assert b["val/loss"] == pytest.approx(a["val/loss"], rel=1e-4)
@@ -351,10 +292,10 @@ def _expected_dice(module, data: RandomSteel, params: PostprocessParams) -> floa
 
 def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
     L.seed_everything(3, verbose=False)
-    module = _module(net={**NET, "image_head": True}, loss={"image_weight": 0.7})
+    module = tiny_module(net={**NET, "image_head": True}, loss={"image_weight": 0.7})
     assert module.criterion.image_weight == 0.7 and module.hparams.net["image_head"] is True
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=2)
-    trainer.fit(module, train_dataloaders=_loader(4), val_dataloaders=_loader(6, seed=1))
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=2)
+    trainer.fit(module, train_dataloaders=steel_loader(4), val_dataloaders=steel_loader(6, seed=1))
     keys = set(trainer.callback_metrics)
     expected = {"train/loss_image", "val/loss_image", "val/img_auroc_max_cls", "val/img_auroc_head"}
     assert expected <= keys, sorted(expected - keys)
@@ -368,7 +309,7 @@ def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
     with torch.no_grad():
         _, cls, img = module(data.images[:4])
     has = (data.labels[:4].sum(1) > 0).int()
-    out = _trainer(tmp_path).validate(module, dataloaders=_loader(4, seed=1), verbose=False)[0]
+    out = cpu_trainer(tmp_path).validate(module, dataloaders=steel_loader(4, seed=1), verbose=False)[0]
     assert out["val/img_auroc_head"] == pytest.approx(float(binary_auroc(img.sigmoid(), has)), abs=1e-6)
     assert out["val/img_auroc_max_cls"] == pytest.approx(
         float(binary_auroc(cls.sigmoid().max(1).values, has)), abs=1e-6
@@ -382,7 +323,7 @@ def test_image_head_module_trains_logs_its_loss_and_both_image_scores(tmp_path):
 def test_test_stage_logs_raw_default_and_tuned_dice(tmp_path):
     """test/dice_tuned is computed with ``tuned_postprocess``, here an image-head gate, per class too."""
     L.seed_everything(4, verbose=False)
-    module = _module(net={**NET, "image_head": True})
+    module = tiny_module(net={**NET, "image_head": True})
     data = RandomSteel(6, seed=2)
     module.eval()
     with torch.no_grad():
@@ -390,7 +331,9 @@ def test_test_stage_logs_raw_default_and_tuned_dice(tmp_path):
     t_img = float(img.median())  # keeps about half the images
     tuned = PostprocessParams.from_dict({**PP_RAW, "t_img": t_img, "img_source": "image_head"})
     module.tuned_postprocess = tuned
-    out = _trainer(tmp_path).test(module, dataloaders=_loader(6, seed=2, batch_size=4), verbose=False)[0]
+    out = cpu_trainer(tmp_path).test(
+        module, dataloaders=steel_loader(6, seed=2, batch_size=4), verbose=False
+    )[0]
     assert out["test/dice_raw"] == pytest.approx(
         _expected_dice(module, data, PostprocessParams.disabled()), abs=1e-6
     )
@@ -407,7 +350,7 @@ def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_th
     from steel_defect.training.callbacks import TuneThresholds
 
     L.seed_everything(5, verbose=False)
-    module = _module(net={**NET, "image_head": True})
+    module = tiny_module(net={**NET, "image_head": True})
     data = RandomSteel(4, seed=3)
     # What the callback wrote at fit end (here by hand): a gate that drops every mask.
     params = PostprocessParams.from_dict({**PP_RAW, "t_cls": [1.0] * 4})
@@ -418,8 +361,8 @@ def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_th
         "mean": {"dice_raw": 0.1, "dice_default": 0.2, "dice_tuned": 0.3},
     }
     with caplog.at_level(logging.INFO, logger="steel_defect.training.callbacks"):
-        out = _trainer(tmp_path, callbacks=[callback]).test(
-            module, dataloaders=_loader(4, seed=3), verbose=False
+        out = cpu_trainer(tmp_path, callbacks=[callback]).test(
+            module, dataloaders=steel_loader(4, seed=3), verbose=False
         )[0]
     assert module.tuned_postprocess == params
     empty_pairs = float((data.masks.flatten(2).sum(2) == 0).float().mean())
@@ -442,8 +385,8 @@ def test_tune_thresholds_callback_hands_its_yaml_to_the_test_stage_and_prints_th
     assert table in caplog.text
     # Tuning disabled (no thresholds written): dice_tuned is absent, not faked, and shown as '-'.
     callback = TuneThresholds(enabled=False)
-    out = _trainer(tmp_path, callbacks=[callback]).test(
-        module, dataloaders=_loader(4, seed=3), verbose=False
+    out = cpu_trainer(tmp_path, callbacks=[callback]).test(
+        module, dataloaders=steel_loader(4, seed=3), verbose=False
     )[0]
     assert module.tuned_postprocess is None and "test/dice_tuned" not in out
     assert callback.table.splitlines()[7].split()[:3] == ["test", "tuned", "-"]
@@ -461,8 +404,8 @@ def test_old_checkpoint_without_image_head_key_still_loads_and_tests(fitted, tmp
     with torch.no_grad():
         assert len(net(torch.rand(1, 3, H, W))) == 2
     rebuilt = SteelDefectModule(**ckpt["hyper_parameters"])
-    out = _trainer(tmp_path).test(
-        rebuilt, dataloaders=_loader(2), ckpt_path=str(old), weights_only=True, verbose=False
+    out = cpu_trainer(tmp_path).test(
+        rebuilt, dataloaders=steel_loader(2), ckpt_path=str(old), weights_only=True, verbose=False
     )[0]
     assert "test/dice_default" in out and "test/img_auroc_head" not in out
 
@@ -473,7 +416,7 @@ def test_old_checkpoint_without_image_head_key_still_loads_and_tests(fitted, tmp
 def _diff_lr_module(scheduler: dict | None = None, **opt) -> SteelDefectModule:
     optimizer = {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4, "encoder_lr": 7e-5}
     optimizer.update(opt)
-    return _module(optimizer=optimizer, scheduler=scheduler or {"name": "none"})
+    return tiny_module(optimizer=optimizer, scheduler=scheduler or {"name": "none"})
 
 
 def test_encoder_lr_gives_two_disjoint_groups_covering_every_parameter():
@@ -500,7 +443,7 @@ def test_encoder_lr_gives_two_disjoint_groups_covering_every_parameter():
 
 @pytest.mark.parametrize("optimizer", [None, {"_target_": "torch.optim.AdamW", "encoder_lr": None}])
 def test_without_encoder_lr_there_is_one_group(optimizer):
-    module = _module(optimizer=optimizer, scheduler={"name": "none"})
+    module = tiny_module(optimizer=optimizer, scheduler={"name": "none"})
     groups = module.configure_optimizers()["optimizer"].param_groups
     assert len(groups) == 1 and "name" not in groups[0]
     assert groups[0]["lr"] == (3e-4 if optimizer is None else 1e-3)  # AdamW's own default without `lr`
@@ -528,8 +471,8 @@ def test_schedulers_keep_the_encoder_to_decoder_lr_ratio(name):
 def test_fit_with_encoder_lr(tmp_path):
     module = _diff_lr_module(scheduler={"name": "onecycle"})
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
-    trainer.fit(module, _loader(4))
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, steel_loader(4))
     groups = trainer.optimizers[0].param_groups
     assert [g["name"] for g in groups] == ["encoder", "decoder_heads"]
     assert groups[0]["lr"] / groups[1]["lr"] == pytest.approx(7e-5 / 3e-3)

@@ -44,6 +44,7 @@ def exported(tmp_path_factory):
     return onnx, images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [[], ["hflip", "vflip"]])
 def test_same_submission_as_the_torch_predictor(exported, tmp_path, tta):
     from steel_defect.inference.folder import predict_images
@@ -75,6 +76,7 @@ def test_same_submission_as_the_torch_predictor(exported, tmp_path, tta):
         np.testing.assert_allclose(u, v.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_thresholds_bound_to_the_source_weights_and_tta(exported, tmp_path):
     import yaml
 
@@ -97,6 +99,7 @@ def test_thresholds_bound_to_the_source_weights_and_tta(exported, tmp_path):
         OrtPredictor.load([local], thresholds="raw", tta=["rot90"])
 
 
+@pytest.mark.slow
 def test_the_onnx_only_path_never_imports_torch(exported, tmp_path):
     """Run in a fresh interpreter where importing torch (or Lightning, Hydra) raises."""
     onnx, images = exported
@@ -107,7 +110,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('torch', 'lightning', 'hydra', 'torchmetrics', 'timm', 'segmentation_models_pytorch'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-from steel_defect.ort_predictor import OrtPredictor
+from steel_defect.inference.ort_predictor import OrtPredictor
 p = OrtPredictor.load([{str(onnx)!r}], thresholds='defaults')
 s = p.predict_folder({str(images)!r}, {str(tmp_path / "sub.csv")!r})
 print(s['images'], sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))
@@ -118,6 +121,7 @@ print(s['images'], sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))
     assert (tmp_path / "sub.csv").read_text().count("\n") == 1 + 6 * 3
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
     """At a threshold other than 0.5 numpy's and torch's sigmoids (1 ulp apart) may split a pixel: the
     masks still agree on all but a 1e-4 share of pixels."""
@@ -139,6 +143,7 @@ def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
     assert ours.any() and (ours != theirs).mean() < 1e-4
 
 
+@pytest.mark.slow
 def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
     from steel_defect.deploy.onnx_export import export_onnx
     from steel_defect.inference.ort_predictor import OrtPredictor
@@ -152,6 +157,7 @@ def test_export_without_class_names_loads_like_the_torch_path(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_images_are_read_a_bounded_number_ahead(exported, monkeypatch):
     import steel_defect.inference.ort_predictor as mod
 
@@ -169,6 +175,7 @@ def test_images_are_read_a_bounded_number_ahead(exported, monkeypatch):
     assert sum(1 for _ in reader) == 99
 
 
+@pytest.mark.slow
 def test_a_model_of_another_height_names_the_images(exported, tmp_path):
     from steel_defect.inference.ort_predictor import OrtPredictor
 

@@ -15,12 +15,6 @@ import yaml
 
 from steel_defect.submission import read_submission
 from tests.conftest import REPO
-from tests.test_inference import tiny_run
-
-
-@pytest.fixture(scope="session")
-def run_files(tmp_path_factory) -> dict[str, Path]:
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
 
 
 def predict(args: list[str], cwd: Path, ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,6 +35,7 @@ def image_ids(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 def test_predict_writes_a_kaggle_submission_and_nothing_else(run_files, tmp_path):
     proc = predict([f"ckpt={run_files['a']}", f"data.root={run_files['data']}", "num_workers=0"], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]  # no Hydra folders or log files
@@ -55,6 +50,7 @@ def test_predict_writes_a_kaggle_submission_and_nothing_else(run_files, tmp_path
     assert "predict" in proc.stderr  # the progress bar goes to stderr
 
 
+@pytest.mark.slow
 def test_ensemble_tta_legacy_format_and_overlays(run_files, tmp_path):
     images = tmp_path / "two"  # 2 models x 3 views: keep the folder small
     images.mkdir()
@@ -82,6 +78,7 @@ def test_ensemble_tta_legacy_format_and_overlays(run_files, tmp_path):
     assert read_submission(tmp_path / "legacy.csv")["ImageId"].nunique() == len(ids)
 
 
+@pytest.mark.slow
 def test_evaluate_prints_the_notebook_report(run_files, tmp_path):
     proc = predict(
         [
@@ -100,6 +97,7 @@ def test_evaluate_prints_the_notebook_report(run_files, tmp_path):
     assert len(doc["confusion_matrix"]["matrix"]) == 5 and (tmp_path / "out" / "sub.csv").is_file()
 
 
+@pytest.mark.slow
 def test_tune_writes_thresholds_beside_the_checkpoint_and_predict_picks_them_up(run_files, tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -114,6 +112,7 @@ def test_tune_writes_thresholds_beside_the_checkpoint_and_predict_picks_them_up(
     assert f"thresholds: {ckpt.parent / 'thresholds.yaml'}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_bad_values_are_clear_errors(tmp_path):
     (tmp_path / "images").mkdir()
     proc = predict([f"ckpt={tmp_path / 'nope.ckpt'}", f"images={tmp_path / 'images'}"], tmp_path, ok=False)
@@ -125,6 +124,7 @@ def test_missing_checkpoint_and_bad_values_are_clear_errors(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_two_ddp_cpu_processes_write_the_same_bytes_as_one(run_files, tmp_path):
     """trainer=ddp_cpu trainer.devices=2: Lightning's Trainer.predict in 2 processes (gloo); 5 images so
     that the distributed sampler pads one rank with a repeated image, which the merge must drop."""

@@ -17,12 +17,7 @@ from steel_defect.inference.predictor import Predictor, image_tensor
 from steel_defect.submission import read_submission
 from steel_defect.tasks.dispatch import run
 from tests.conftest import REPO
-from tests.test_inference import config, isolated_ckpt, tiny_run
-
-
-@pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
+from tests.helpers import config, isolated_ckpt
 
 
 def test_image_tensor_equals_the_prediction_loader(run_files):
@@ -54,6 +49,7 @@ def test_image_tensor_refuses_what_is_not_an_image(array, message):
         image_tensor(array)
 
 
+@pytest.mark.slow
 def test_predictor_on_in_memory_images_equals_predict_py(run_files, tmp_path):
     """Same masks as the CLI, for several sizes in one call, in the order given, with an ensemble and TTA."""
     folder = run_files["data"] / "test_images"
@@ -79,6 +75,7 @@ def test_predictor_on_in_memory_images_equals_predict_py(run_files, tmp_path):
     assert any(p.masks.any() for p in preds)  # the comparison is not between empty masks
 
 
+@pytest.mark.slow
 def test_predictor_refuses_thresholds_tuned_for_other_weights(run_files, tmp_path):
     import yaml
 
@@ -104,6 +101,7 @@ def test_predictor_refuses_thresholds_tuned_for_other_weights(run_files, tmp_pat
         )
 
 
+@pytest.mark.slow
 def test_prediction_needs_no_lightning_hydra_or_torchmetrics(run_files, tmp_path):
     """Loading a Predictor, predicting in-memory images and a folder (what predict.py, the kernel and the
     service do) imports none of the training stack."""

@@ -108,6 +108,7 @@ def test_bad_pseudo_files_are_refused_naming_file_line_and_value(tmp_path):
         read_pseudo_labels(both, folder, SHAPE)
 
 
+@pytest.mark.slow
 def test_task_pseudo_writes_what_the_rule_keeps(tmp_path):
     from torch.utils.data import DataLoader
 
@@ -115,7 +116,7 @@ def test_task_pseudo_writes_what_the_rule_keeps(tmp_path):
     from steel_defect.inference.predictor import iter_predictions, load_nets
     from steel_defect.postprocess.params import PostprocessParams, save_thresholds
     from steel_defect.tasks.dispatch import run
-    from tests.test_inference import config, tiny_run
+    from tests.helpers import config, tiny_run
 
     files = tiny_run(tmp_path / "run")
     images = files["data"] / "test_images"
@@ -197,6 +198,7 @@ def test_mix_survives_the_distributed_round_robin():
             assert batches and all(sum(i >= 42 for i, _ in b) == 1 for b in batches), (world, rank)
 
 
+@pytest.mark.slow
 def test_datamodule_mixes_pseudo_labels_into_training_only(tmp_path):
     from steel_defect.data.datamodule import SteelDataModule
     from steel_defect.synthetic import generate_dataset

@@ -58,6 +58,7 @@ def exported(tmp_path_factory) -> tuple[Path, torch.nn.Module, list[Path]]:
     return path, net, images
 
 
+@pytest.mark.slow
 def test_int8_model_keeps_its_metadata_and_stays_close_to_fp32(exported, tmp_path):
     src, net, images = exported
     out = quantize_onnx(src, tmp_path / "m.int8.onnx", images, crops=8, crop_width=96)
@@ -78,6 +79,7 @@ def test_int8_model_keeps_its_metadata_and_stays_close_to_fp32(exported, tmp_pat
     assert out.stat().st_size < 0.5 * src.stat().st_size  # int8 weights
 
 
+@pytest.mark.slow
 def test_runtime_int8_loads_only_quantised_models(exported, tmp_path):
     from steel_defect.inference.predictor import load_nets
 
@@ -95,6 +97,7 @@ def test_runtime_int8_loads_only_quantised_models(exported, tmp_path):
         quantize_onnx(out, tmp_path / "again.onnx", images, crops=4, crop_width=64)
 
 
+@pytest.mark.slow
 def test_task_quantize_writes_beside_the_model_and_refuses_bad_input(exported, tmp_path):
     from steel_defect.tasks.dispatch import run
 
@@ -132,6 +135,7 @@ def test_calibration_crops_are_seeded_padded_and_check_the_height(tmp_path):
         list(calibration_crops([tall], 1, H, 64))
 
 
+@pytest.mark.slow
 def test_every_calibration_crop_counts(exported, tmp_path):
     """One bright image among dim ones, used by the FIRST crop only: its range must reach the model's
     first activation scale (onnxruntime's CalibMaxIntermediateOutputs once dropped all but the last crops)."""

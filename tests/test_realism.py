@@ -144,6 +144,7 @@ def test_load_params_refuses_a_bad_file(tmp_path):
         load_params(str(partial))
 
 
+@pytest.mark.slow
 @needs_real
 def test_committed_params_are_reproduced_from_the_real_statistics():
     """params.json is exactly what the derivation gives on the real data (no hand-tuned numbers)."""
@@ -152,6 +153,7 @@ def test_committed_params_are_reproduced_from_the_real_statistics():
     assert derived == committed
 
 
+@pytest.mark.slow
 def test_spectral_features_see_streak_direction_and_classifier_takes_arrays():
     rng = np.random.default_rng(3)
     h, w = 64, 320

@@ -270,6 +270,7 @@ def notebook_rle():
     return notebook_rle
 
 
+@pytest.mark.slow
 def test_every_real_string_round_trips_exactly(real_rles: list[str]) -> None:
     # Every real string turned out to be canonical (no touching runs), so re-encoding reproduces it byte for byte.
     nonempty = [r for r in real_rles if r]
@@ -281,6 +282,7 @@ def test_every_real_string_round_trips_exactly(real_rles: list[str]) -> None:
         assert rle_area(rle, (256, 1600)) == int(mask.sum()) > 0
 
 
+@pytest.mark.slow
 def test_real_strings_match_the_notebook_functions(real_rles: list[str], notebook_rle) -> None:
     for i, rle in enumerate(r for r in real_rles if r):
         ours = rle_decode(rle, (256, 1600))

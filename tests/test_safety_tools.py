@@ -104,6 +104,7 @@ def test_own_kind_predicates(tmp_path):
     assert not is_label_csv(tmp_path / "f" / "images" / "000a4bcdd.jpg")
 
 
+@pytest.mark.slow
 def test_to_folder_header_only_csv_over_existing_masks_is_refused(tmp_path):
     """Review H4: ``to-folder --csv empty.csv --images folder/images --out folder`` zeroed 18 hand-made masks."""
     folder = tmp_path / "folder"
@@ -123,6 +124,7 @@ def test_to_folder_header_only_csv_over_existing_masks_is_refused(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_to_folder_overwrite_replaces_only_the_masks_of_the_converted_images(tmp_path):
     folder = tmp_path / "folder"
     images = make_folder_set(folder)
@@ -183,6 +185,7 @@ def test_to_folder_never_replaces_an_image_and_skips_identical_copies(tmp_path):
         assert is_mask_png(out / "masks" / f"{p.stem}.png")
 
 
+@pytest.mark.slow
 def test_to_folder_in_place_still_works(tmp_path):
     """``--images ROOT/images --out ROOT`` (no masks yet): the images stay as they are, masks are added."""
     root = tmp_path / "root"
@@ -224,6 +227,7 @@ def test_to_folder_refuses_outputs_onto_its_inputs(tmp_path, case):
     assert not (out / "images").exists() or case == "masks_are_images"
 
 
+@pytest.mark.slow
 def test_to_kaggle_refuses_an_existing_train_csv_unless_overwrite(tmp_path):
     """Review H4: ``to-kaggle --root folder --out kag/train.csv`` replaced a real 20-row train.csv."""
     folder = tmp_path / "folder"
@@ -240,6 +244,7 @@ def test_to_kaggle_refuses_an_existing_train_csv_unless_overwrite(tmp_path):
     assert labels["plate1.jpg"] == {2: labels["plate1.jpg"][2]} and len(labels) == 3
 
 
+@pytest.mark.slow
 def test_to_kaggle_refuses_an_input_jpeg_even_with_overwrite(tmp_path):
     """Review H4: ``to-kaggle --root folder --out folder/images/000a4bcdd.jpg`` turned the JPEG into csv text."""
     folder = tmp_path / "folder"

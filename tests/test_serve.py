@@ -8,17 +8,11 @@ tests/test_serve_*.py."""
 from __future__ import annotations
 
 import base64
-import http.client
-import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,134 +25,11 @@ from steel_defect.deploy.serve.settings import parse_args
 from steel_defect.deploy.serve.upload import UploadError, check_image
 from steel_defect.inference.predictor import ImagePrediction, Predictor
 from steel_defect.rle import rle_decode
-from tests.conftest import REPO, SHARED
-from tests.test_inference import tiny_run
-
-REAL_TEST = SHARED / "data" / "severstal-real" / "test_images"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("content-type") or "", resp.read()
-    finally:
-        conn.close()
-
-
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def pil_bytes(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> bytes:
-    """An image of ``size`` (width, height) encoded by Pillow as ``fmt``."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new(mode, size, 90).save(buf, fmt)
-    return buf.getvalue()
+from tests.conftest import REPO
+from tests.helpers import EPS, REAL_TEST, Service, multipart, pil_bytes, regular_images, request
 
 
 #: hostile or refused uploads: (bytes, status, words of the detail)
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group ``pgid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Service:
-    """A ``python -m steel_defect.serve`` process in its own process group, stopped by its PID (``env``:
-    extra environment variables, e.g. the API key)."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = log
-        environ = {
-            k: v for k, v in os.environ.items() if k not in ("STEEL_DEFECT_API_KEY", "LIT_SERVER_API_KEY")
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "steel_defect.serve", *args, f"port={self.port}", "host=127.0.0.1"],
-            cwd=REPO,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**environ, **(env or {})},
-        )
-
-    def wait_healthy(self, seconds: float = 120) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the service exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}"
-                )
-            try:
-                if request(self.port, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(
-            f"the service was not healthy within {seconds} s: {self.log.read_text()[-3000:]}"
-        )
-
-    def stop(self) -> None:
-        """SIGTERM to the PID we started (as systemd and docker do), then to its group if anything is left."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while group_pids(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in group_pids(
-            self.proc.pid
-        ):  # never reached when SIGTERM works (tests/test_serve_lifecycle.py)
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
-    return tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")
-
-
 @pytest.fixture(scope="module")
 def folder(run_files, tmp_path_factory) -> Path:
     """The viewer's folder: real Severstal test images where ../shared is present, else synthetic ones; plus
@@ -175,10 +46,6 @@ def folder(run_files, tmp_path_factory) -> Path:
     os.mkfifo(out / "pipe.jpg")
     (out / "notes.png").write_text("not an image")
     return out
-
-
-def regular_images(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*.jpg") if p.is_file() and not p.is_symlink())
 
 
 def image_paths(folder: Path) -> list[Path]:
@@ -236,6 +103,7 @@ def assert_same_as_predictor(doc: dict, image: np.ndarray, predictor: Predictor,
     assert any(c["kept"] for c in doc["classes"])  # not a comparison of empty answers
 
 
+@pytest.mark.slow
 def test_health_model_and_viewer_page(service, predictor):
     assert request(service.port, "GET", "/health")[0] == 200
     status, ctype, body = request(service.port, "GET", "/api/model")
@@ -248,6 +116,7 @@ def test_health_model_and_viewer_page(service, predictor):
     assert status == 200 and "javascript" in ctype and b"decodeRle" in body
 
 
+@pytest.mark.slow
 def test_raw_bytes_and_multipart_answer_what_the_predictor_predicts(service, folder, predictor, run_files):
     path = image_paths(folder)[0]
     data = path.read_bytes()
@@ -272,6 +141,7 @@ def test_raw_bytes_and_multipart_answer_what_the_predictor_predicts(service, fol
     assert_same_as_predictor(json.loads(answer), odd, predictor)
 
 
+@pytest.mark.slow
 def test_overlay_png_on_request(service, folder):
     path = image_paths(folder)[1]
     status, _, body = request(service.port, "POST", "/predict?overlay=1", path.read_bytes())
@@ -286,6 +156,7 @@ def test_overlay_png_on_request(service, folder):
     assert status == 400 and "overlay" in json.loads(body)["detail"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "status", "words"),
     [
@@ -337,6 +208,7 @@ def test_client_mistakes_get_a_4xx_json_error_and_the_next_request_is_served(
     assert got == 200 and json.loads(answer)["classes"]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_of_mixed_sizes_are_batched_correctly(service, folder, predictor):
     """16 requests from 4 threads, two sizes, interleaved with bad uploads (H2: ICO and PCX, which passed the
     old check and failed the whole batch in the worker): every good answer equals the Predictor's for its
@@ -361,6 +233,7 @@ def test_concurrent_requests_of_mixed_sizes_are_batched_correctly(service, folde
             assert_same_as_predictor(doc, images[which], predictor, exact=False)
 
 
+@pytest.mark.slow
 def test_folder_listing_and_no_path_traversal(service, folder):
     """M2 + L2: only regular image files inside images=DIR are listed and served (the symlinks to a secret
     outside and to /etc/passwd, the fifo and the text file named .png are not), names only, no paths."""
@@ -380,6 +253,7 @@ def test_folder_listing_and_no_path_traversal(service, folder):
     (folder / "late.jpg").unlink()
 
 
+@pytest.mark.slow
 def test_no_filesystem_paths_and_no_docs_by_default(service, run_files):
     """L2: /info, /api/model and the answers name files, never folders; /docs and /openapi.json are off."""
     run_dir = str(run_files["a"].parent)
@@ -393,6 +267,7 @@ def test_no_filesystem_paths_and_no_docs_by_default(service, run_files):
         assert request(service.port, "GET", path)[0] == 404
 
 
+@pytest.mark.slow
 def test_metrics_in_prometheus_format(service, folder, predictor):
     """/metrics: requests by route and code, latency histogram, batch sizes, errors by code, the model."""
     good = image_paths(folder)[0].read_bytes()
@@ -416,6 +291,7 @@ def test_metrics_in_prometheus_format(service, folder, predictor):
     assert any(k.startswith("steel_defect_model_info{") and fingerprint in k for k in values)
 
 
+@pytest.mark.slow
 def test_a_bad_checkpoint_stops_the_service_at_start_with_its_message(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")

@@ -13,8 +13,7 @@ import pytest
 from steel_defect.deploy.serve.__main__ import auth_line
 from steel_defect.deploy.serve.auth import session_token
 from steel_defect.deploy.serve.settings import parse_args
-from tests.test_inference import tiny_run
-from tests.test_serve import Service, regular_images, request
+from tests.helpers import Service, regular_images, request, tiny_run
 
 KEY = "plant-key-0123456789abcdef"
 ROUTES = (
@@ -53,6 +52,7 @@ def bearer(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+@pytest.mark.slow
 def test_every_route_but_health_needs_the_key(keyed):
     svc, folder = keyed
     image = regular_images(folder)[0]
@@ -76,6 +76,7 @@ def test_every_route_but_health_needs_the_key(keyed):
     assert "auth: API key required" in svc.log.read_text()
 
 
+@pytest.mark.slow
 def test_an_upload_without_the_key_is_refused_before_its_body_is_read(keyed):
     """The 401 comes at once for a client that announces 10 MB and sends 10 bytes: nothing waits for,
     reads or decodes the body (it did before: the upload middleware ran before LitServe's key check)."""
@@ -87,6 +88,7 @@ def test_an_upload_without_the_key_is_refused_before_its_body_is_read(keyed):
     assert head.startswith(b"HTTP/1.1 401") and time.monotonic() - start < 5, head
 
 
+@pytest.mark.slow
 def test_the_viewer_asks_for_the_key_then_uses_a_session_cookie(keyed):
     svc, folder = keyed
     status, ctype, page = request(svc.port, "GET", "/", headers={"Accept": "text/html"})

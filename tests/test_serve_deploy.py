@@ -18,8 +18,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
-from tests.test_inference import tiny_run
-from tests.test_serve import free_port, group_pids, listening, request
+from tests.helpers import free_port, group_pids, listening, request, tiny_run
 
 KEY = "deploy-test-key-0123456789"
 
@@ -98,6 +97,7 @@ def swap(arg: str, mapping: dict[str, str]) -> str:
     return arg
 
 
+@pytest.mark.slow
 def test_the_container_image_and_its_command(model_dir, tmp_path):
     d = dockerfile()
     assert d["FROM"][0].startswith("python:3.11-slim")
@@ -142,6 +142,7 @@ def test_the_container_image_and_its_command(model_dir, tmp_path):
     assert checked["rc"] == 0  # the HEALTHCHECK's command, against the running service
 
 
+@pytest.mark.slow
 def test_the_systemd_unit_exec_start(model_dir, tmp_path):
     u = unit()
     assert u["KillSignal"] == ["SIGTERM"] and u["KillMode"] == ["mixed"]

@@ -51,6 +51,7 @@ def models(tmp_path_factory):
     return {"good": good, "tampered": tampered, "nested": nested, "text": text}
 
 
+@pytest.mark.slow
 def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
     from steel_defect.deploy.serve.app import describe
     from steel_defect.inference.onnx_model import OrtModel
@@ -70,6 +71,7 @@ def test_the_fingerprint_is_of_the_weights_actually_loaded(models):
     assert b["weights_fingerprints"] == [tampered.weights_fingerprint]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["nested", "text"])
 def test_a_hostile_onnx_file_is_a_value_error_naming_it(models, which):
     from steel_defect.inference.onnx_model import OrtModel, parse_metadata
@@ -84,6 +86,7 @@ def test_a_hostile_onnx_file_is_a_value_error_naming_it(models, which):
         weights_fingerprint(path.read_bytes() if which == "text" else b"\x08\x07garbage", path)
 
 
+@pytest.mark.slow
 def test_the_service_refuses_a_hostile_onnx_at_start_with_its_name(models):
     proc = subprocess.run(
         [sys.executable, "-m", "steel_defect.serve", f"ckpt={models['text']}"],

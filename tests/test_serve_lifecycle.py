@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from tests.test_inference import tiny_run
-from tests.test_serve import Service, group_pids, listening, request
+from tests.helpers import Service, group_pids, listening, request, tiny_run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["TERM", "INT", "KILL"])
 def test_a_signal_to_the_main_process_stops_every_process(tmp_path_factory, sig):
     run = tiny_run(tmp_path_factory.getbasetemp() / "tiny_run")

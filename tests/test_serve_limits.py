@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.test_inference import tiny_run
-from tests.test_serve import Service, request
+from tests.helpers import Service, request, tiny_run
 
 READ_TIMEOUT = 2.0
 #: the most a stalled client may be held: read_timeout, the protocol's grace (1 s), scheduling slack
@@ -53,6 +52,7 @@ def wait_answer(s: socket.socket, seconds: float) -> tuple[bytes, float]:
     return data, time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_a_body_that_does_not_arrive_gets_408(limited):
     """A client declaring 1000 bytes and sending 10 was held for 150 s+; now 408 after read_timeout."""
     svc, _ = limited
@@ -65,6 +65,7 @@ def test_a_body_that_does_not_arrive_gets_408(limited):
     assert request(svc.port, "GET", "/health")[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sent", [b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: a"], ids=["idle", "headers"]
 )
@@ -83,6 +84,7 @@ def test_a_connection_that_sends_no_complete_request_is_closed(limited, sent):
     assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:200]
 
 
+@pytest.mark.slow
 def test_uploads_beyond_max_uploads_get_503_then_service_resumes(limited):
     svc, good = limited
     with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as slow:
@@ -98,6 +100,7 @@ def test_uploads_beyond_max_uploads_get_503_then_service_resumes(limited):
     assert status == 200 and json.loads(body)["classes"]
 
 
+@pytest.mark.slow
 def test_connections_beyond_max_connections_get_503_until_the_idle_ones_are_dropped(limited):
     svc, _ = limited
     idle = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(8)]

@@ -20,8 +20,7 @@ import pytest
 
 from steel_defect.inference.predictor import Predictor
 from steel_defect.rle import rle_decode
-from tests.test_inference import tiny_run
-from tests.test_serve import EPS, REAL_TEST, Service, group_pids, pil_bytes, request
+from tests.helpers import EPS, REAL_TEST, Service, group_pids, pil_bytes, request, tiny_run
 
 REQUESTS = 240
 LOAD_SECONDS = 240

@@ -20,7 +20,7 @@ from steel_defect.deploy.serve.limits import deadline_protocol, uvicorn_options
 from steel_defect.deploy.serve.metrics import Metrics
 from steel_defect.deploy.serve.settings import DEFAULT_FORMATS, ServeSettings
 from steel_defect.inference.predictor import ImagePrediction
-from tests.test_serve import pil_bytes
+from tests.helpers import pil_bytes
 
 
 class FakePredictor:
@@ -78,6 +78,7 @@ def _worker(metrics: Metrics) -> None:
     metrics.observe_request("/predict", 200, 0.3)
 
 
+@pytest.mark.slow
 def test_metrics_are_shared_with_a_spawned_process_and_render_as_prometheus_text():
     metrics = Metrics(4, {"checkpoints": ['we"ird.onnx'], "weights_fingerprints": ["abc"], "runtime": "onnx"})
     proc = mp.get_context("spawn").Process(target=_worker, args=(metrics,))

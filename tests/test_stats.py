@@ -135,6 +135,7 @@ def test_compute_stats_errors():
         compute_stats(bad, (4, 5))
 
 
+@pytest.mark.slow
 def test_cli_on_synthetic_set(tmp_path):
     root = tmp_path / "syn"
     summary = generate_dataset(root, n_train=10, n_test=2, seed=4, shape=SMALL)

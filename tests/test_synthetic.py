@@ -252,6 +252,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_summary_help_and_refusal(tmp_path):
     out = tmp_path / "cli"
     args = [
@@ -343,6 +344,7 @@ def _objects(cls: int, shape: tuple[int, int], n: int, seed: int = 100) -> np.nd
     return np.concatenate(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [SMALL, FULL])
 def test_class2_and_3_objects_are_tall_and_thin(shape):
     """Real class 2 and 3 objects run along the rolling direction (median bbox 165x19 and 158x33 px)."""
@@ -352,6 +354,7 @@ def test_class2_and_3_objects_are_tall_and_thin(shape):
         assert np.mean(o[:, 1] > o[:, 2]) >= share, (cls, o[:, 1:].tolist())
 
 
+@pytest.mark.slow
 def test_object_shapes_match_the_real_quantiles():
     """Per class, median object bbox height/width and area within 1.5x of the real medians (params.json)."""
     params = load_params()
@@ -379,6 +382,7 @@ def test_texture_runs_along_the_height_like_real_steel():
     assert grain > 2.0  # a grainy surface, not a smooth gradient
 
 
+@pytest.mark.slow
 def test_black_band_has_no_defects():
     """Images with an off-steel black band (as realism.black_band detects it) never carry masks in it."""
     seen = 0

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 from steel_defect.inference.predictor import Predictor
-from tests.test_inference import tiny_run
-from tests.test_serve import REAL_TEST, Service
+from tests.helpers import REAL_TEST, Service, tiny_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = "viewer-test-key-0123456789"
@@ -166,6 +165,7 @@ CANVAS_CHECK = """(() => {
 })()"""
 
 
+@pytest.mark.slow
 def test_upload_a_real_image_through_the_page_and_check_what_it_renders(setup):
     page, svc, predictor = setup["page"], setup["svc"], setup["predictor"]
     path = setup["images"][0]
@@ -216,6 +216,7 @@ def test_upload_a_real_image_through_the_page_and_check_what_it_renders(setup):
     (Path(setup["dir"]) / "viewer.png").write_bytes(shot)
 
 
+@pytest.mark.slow
 def test_pick_from_the_configured_folder_and_the_gallery_keeps_the_last_results(setup):
     page, svc = setup["page"], setup["svc"]
     first, second = (p.name for p in setup["images"])

@@ -177,6 +177,7 @@ def test_weights_expect_inputs_in_minus_one_one(package_sd):
     assert tuple(cfg.mean) == tuple(cfg.std) == (0.5, 0.5, 0.5)
 
 
+@pytest.mark.slow
 def test_build_model_encoder_features_equal_standalone_timm(mapped_sd):
     net = build_model(LITE1_CFG).eval()
     assert net.config["mean"] == [0.5] * 3 and net.config["std"] == [0.5] * 3
@@ -358,6 +359,7 @@ def test_offline_download_names_the_three_ways_out(monkeypatch, tmp_path):
     assert "model=unet_efflite1" in message and "model.net.encoder_weights=null" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_fetch_writes_a_file_that_trains_offline(tmp_path, suffix, package_sd):
     from steel_defect.models.fetch_weights import fetch, main, model_net_config
