@@ -50,7 +50,7 @@ def test_fold_ensemble_records_its_checkpoints_and_out_of_fold_thresholds(fold_r
     assert doc["checkpoints"] == ["fold_0/checkpoints/fold.ckpt", "fold_1/checkpoints/fold.ckpt"]
     assert doc["thresholds"] == "thresholds.yaml"
     tuned = yaml.safe_load((fold_run / "thresholds.yaml").read_text())
-    assert tuned["meta"]["oof"] is True
+    assert tuned["meta"]["source"] == "tune_oof" and len(tuned["meta"]["folds"]) == 2
     val = [load_split(fold_run / f"fold_{i}" / "split.json")["val"] for i in range(2)]
     assert not set(val[0]) & set(val[1])  # each image out of fold exactly once
     assert tuned["report"]["num_images"] == len(val[0]) + len(val[1]) == 40

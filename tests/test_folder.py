@@ -256,7 +256,7 @@ def test_train_tune_test_and_predict_two_classes_of_mixed_sizes(tmp_path):
     ckpt_dir = tmp_path / "run" / "checkpoints"
     doc = yaml.safe_load((ckpt_dir / "thresholds.yaml").read_text())
     assert len(doc["params"]["t_pix"]) == 2 and [r["class"] for r in doc["report"]["classes"]] == [1, 2]
-    best = ckpt_dir / doc["meta"]["checkpoint"]
+    best = Path(doc["meta"]["checkpoints"][0])
     meta = torch.load(best, map_location="cpu", weights_only=True)["steel_defect"]
     assert meta["classes"] == ["pit", "scratch"] and meta["net"]["classes"] == 2
     predictor = Predictor.load(best)

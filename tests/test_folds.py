@@ -50,7 +50,7 @@ def test_tune_oof_pools_every_fold_with_its_own_checkpoint(tmp_path):
     doc = yaml.safe_load(out.read_text())
     splits = [load_split(p.parent.parent / "split.json") for p in ckpts]
     assert doc["report"]["num_images"] == sum(len(s["val"]) for s in splits) == 8  # the whole training set
-    assert doc["meta"]["oof"] is True and doc["meta"]["checkpoints"] == [str(p) for p in ckpts]
+    assert doc["meta"]["source"] == "tune_oof" and doc["meta"]["checkpoints"] == [str(p) for p in ckpts]
     # Pooled out of fold, by another route: task=tune of each fold's checkpoint alone on its own split's
     # validation images. Dice at fixed thresholds (raw, default) is a mean over images, so the pooled report
     # must be the image-weighted mean of the per-fold reports, class by class.
@@ -113,3 +113,60 @@ def test_check_folds_refuses_mixed_partial_and_overlapping_folds(tmp_path):
         check_folds([split(0, ["x"]), split(2, ["z"])], paths[:2])
     with pytest.raises(ValueError, match="'y' is in both"):
         check_folds([split(0, ["x", "y"]), split(1, ["y"]), split(2, ["z"])], paths)
+
+
+def test_train_folds_tunes_out_of_fold_with_the_oof_keys(tmp_path, monkeypatch):
+    """train.py ``folds: K`` hands ``oof.tta`` and ``oof.min_gain_pairs`` to its out-of-fold search (the
+    fits and the search itself are stubbed: this is only the wiring)."""
+    from omegaconf import OmegaConf
+
+    import steel_defect.tasks.train as train_task
+    from steel_defect.run_record import write_run_record
+
+    def fake_train(cfg):
+        out = Path(cfg.paths.output_dir)
+        ckpt = out / "checkpoints" / "best.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        write_run_record(out, [ckpt], None)
+        return {}
+
+    seen = {}
+
+    def fake_tune_oof(c):
+        seen["config"] = c
+        return {"report": {"num_images": 4, "mean": {"dice_default": 0.5, "dice_tuned": 0.6}}}
+
+    monkeypatch.setattr(train_task, "train", fake_train)
+    monkeypatch.setattr(train_task, "validate_config", lambda cfg: None)
+    monkeypatch.setattr(train_task, "_labels_for_tuning", lambda cfg, base: (tmp_path, tmp_path / "l.csv"))
+    monkeypatch.setattr(train_task, "_all_empty_dice", lambda *a: 0.25)
+    monkeypatch.setattr(train_task, "run_tune_oof", fake_tune_oof)
+    cfg = OmegaConf.create(
+        {
+            "folds": 2,
+            "seed": 1,
+            "paths": {"output_dir": str(tmp_path / "run")},
+            "trainer": {"accelerator": "cpu"},
+            "data": {"classes": ["a", "b"]},
+            "oof": {"min_gain_pairs": 3, "tta": ["hflip"]},
+        }
+    )
+    metrics = train_task.train_folds(cfg)
+    c = seen["config"]
+    assert c.task == "tune_oof" and c.min_gain_pairs == 3 and c.tta == ("hflip",) and len(c.ckpt) == 2
+    assert metrics["oof/dice_tuned"] == 0.6
+    with train_task.open_dict(cfg):  # without an oof section (older configs): today's search
+        cfg.pop("oof")
+    cfg.paths.output_dir = str(tmp_path / "run2")
+    train_task.train_folds(cfg)
+    assert seen["config"].min_gain_pairs == 0 and seen["config"].tta == ()
+
+
+def test_min_gain_pairs_is_a_validated_predict_key():
+    from steel_defect.tasks.config import parse_config
+
+    assert parse_config({"ckpt": "a.ckpt", "task": "tune_oof"}).min_gain_pairs == 0
+    assert parse_config({"ckpt": "a.ckpt", "min_gain_pairs": 2}).min_gain_pairs == 2
+    with pytest.raises(ValueError, match="min_gain_pairs"):
+        parse_config({"ckpt": "a.ckpt", "min_gain_pairs": -1})

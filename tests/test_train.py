@@ -230,7 +230,8 @@ def test_fit_then_test_logs_held_out_dice_three_ways_and_tuned_uses_thresholds_y
             assert 0.0 <= float(metrics[key]) <= 1.0, key
     path = tmp_path / "run" / "checkpoints" / "thresholds.yaml"
     doc = yaml.safe_load(path.read_text())
-    best = path.parent / doc["meta"]["checkpoint"]
+    best = Path(doc["meta"]["checkpoints"][0])
+    assert doc["meta"]["source"] == "end_of_training" and best.parent == path.parent
     # Tuning measured both sources of the image gate (the tiny net has the image head) and wrote the choice.
     assert set(doc["report"]["image_gate"]["sources"]) == {"max_cls", "image_head"}
     assert "img_source" in doc["params"] and "dice_tuned_no_gate" in doc["report"]["mean"]
@@ -328,7 +329,7 @@ def test_cli_ddp_cpu_two_processes_validate_whole_set(tmp_path):
     from steel_defect.training.instantiate import instantiate_plain
 
     thresholds = run_dir / "checkpoints" / "thresholds.yaml"
-    best = thresholds.parent / yaml.safe_load(thresholds.read_text())["meta"]["checkpoint"]
+    best = Path(yaml.safe_load(thresholds.read_text())["meta"]["checkpoints"][0])
     data_cfg = compose_train(["model=tiny", *TINY, "data.limit_val=6"], tmp_path).data
     for kind, params in (
         ("raw", PostprocessParams.disabled()),

@@ -8,8 +8,8 @@ import yaml
 
 from steel_defect.metrics import dice_per_pair
 from steel_defect.postprocess.apply import postprocess
-from steel_defect.postprocess.params import PostprocessParams, load_thresholds
-from steel_defect.postprocess.tuning import TuningStats, tune_thresholds
+from steel_defect.postprocess.params import PostprocessParams, load_thresholds, save_thresholds
+from steel_defect.postprocess.tuning import TuningStats, format_tuning_report, tune_thresholds
 
 H, W = 16, 40
 
@@ -183,3 +183,89 @@ def test_a_winners_base_with_min_component_and_soft_mode_is_tunable():
     np.testing.assert_allclose(stats.dice_per_pair(base), dice_per_pair(postprocess(mask, cls, base), target))
     tuned, _ = tune_thresholds(stats, base=base, t_img_grid=[None])
     assert np.mean(stats.dice_per_class(tuned)) >= np.mean(stats.dice_per_class(base))
+
+
+# --- min_gain: a class that does not beat keeping nothing by enough is switched off --------------------
+def _two_class_stats(n: int = 10) -> tuple[TuningStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Class 1 has one defect image, class 2 three, each predicted exactly: tuning gains one pair on
+    class 1 and three on class 2 over keeping nothing; every other image is empty and predicted empty."""
+    mask = np.zeros((n, 2, H, W), np.float32)
+    target = np.zeros((n, 2, H, W), bool)
+    target[0, 0, 2:6, 3:9] = True
+    for i in (1, 2, 3):
+        target[i, 1, 4:10, 10:20] = True
+    mask[target] = 0.9
+    cls = np.where(target.any(axis=(2, 3)), 0.9, 0.1)
+    stats = TuningStats(num_classes=2, reference_shape=None)
+    stats.update(mask, cls, target)
+    return stats, mask, cls, target
+
+
+def _tune(stats: TuningStats, min_gain: float = 0.0):
+    base = PostprocessParams.disabled(2)
+    grids = dict(t_cls_grid=[None], min_area_grid=[None], t_img_grid=[None])
+    return tune_thresholds(stats, base=base, min_gain=min_gain, **grids)
+
+
+def test_min_gain_switches_off_a_class_that_gains_fewer_pairs_than_asked():
+    stats, mask, cls, target = _two_class_stats()
+    n = len(stats)
+    kept, report0 = _tune(stats)  # min_gain 0: today's result, no class is off
+    assert [r["off"] for r in report0["classes"]] == [False, False]
+    assert [r["gain_pairs"] for r in report0["classes"]] == pytest.approx([1.0, 3.0])
+    same, _ = _tune(stats, min_gain=1 / n)  # one pair is enough for a gain of exactly one pair
+    assert same == kept
+    off, report = _tune(stats, min_gain=2 / n)  # at least two pairs: class 1 is off, class 2 stays
+    assert [r["off"] for r in report["classes"]] == [True, False] and report["min_gain"] == 2 / n
+    assert off.max_area[0] == 0 and off.min_area[0] is None
+    assert (off.t_pix[1], off.max_area[1], off.min_area[1]) == (
+        kept.t_pix[1],
+        kept.max_area[1],
+        kept.min_area[1],
+    )
+    # "off" keeps nothing of the class in post-processing, and the report's Dice is exactly that.
+    final = postprocess(mask, cls, off)
+    assert not final[:, 0].any() and np.array_equal(final[:, 1], target[:, 1])
+    assert report["classes"][0]["dice_tuned"] == pytest.approx(1 - 1 / n)
+    assert report["classes"][1]["dice_tuned"] == pytest.approx(1.0)
+    assert stats.dice_per_class(off) == pytest.approx(dice_per_pair(final, target).mean(axis=0).tolist())
+    assert "off: gains 1.0 image-class pairs" in format_tuning_report(report)
+
+
+def test_switched_off_params_are_valid_and_survive_a_thresholds_file(tmp_path):
+    p = one_class(max_area=[0], min_area=[None])
+    mask = np.ones((2, 1, H, W), np.float32)
+    assert not postprocess(mask, np.ones((2, 1)), p).any()
+    save_thresholds(p, tmp_path / "t.yaml")
+    assert load_thresholds(tmp_path / "t.yaml", num_classes=1) == p
+
+
+def test_min_gain_must_be_a_non_negative_number():
+    stats = _two_class_stats()[0]
+    for bad in (-0.1, True, "2"):
+        with pytest.raises(ValueError, match="min_gain must be a number >= 0"):
+            _tune(stats, min_gain=bad)
+
+
+def test_tune_and_save_converts_min_gain_pairs_with_the_number_of_images(tmp_path):
+    from steel_defect.inference.calibrate import TuneOptions, tune_and_save
+
+    stats = _two_class_stats()[0]
+    base = PostprocessParams.disabled(2)
+    grids = {"t_cls_grid": [None], "min_area_grid": [None], "t_img_grid": [None]}
+    results = {}
+    for pairs in (0, 2):
+        out = tmp_path / f"t{pairs}.yaml"
+        options = TuneOptions(min_gain_pairs=pairs, grids=grids)
+        params, report = tune_and_save(
+            out, "tune", ["a.ckpt"], ["f"], stats=stats, base=base, options=options
+        )
+        doc = yaml.safe_load(out.read_text())
+        assert doc["meta"]["min_gain_pairs"] == pairs and doc["report"]["min_gain_pairs"] == pairs
+        assert load_thresholds(out, num_classes=2) == params
+        results[pairs] = [r["off"] for r in report["classes"]]
+    assert results == {0: [False, False], 2: [True, False]}
+    with pytest.raises(ValueError, match="min_gain_pairs must be an integer >= 0"):
+        TuneOptions(min_gain_pairs=-1)
+    with pytest.raises(ValueError, match="grids: unknown keys"):
+        TuneOptions(grids={"t_pix_grid": [0.5]})

@@ -94,7 +94,11 @@ class OrtPredictor:
         does (auto: the tuned thresholds stored in the first model, else a thresholds.yaml beside it, else
         its stored post-processing); tuned thresholds are checked against the models' source fingerprints
         and the TTA unless ``check_thresholds`` is false."""
-        from steel_defect.postprocess.thresholds import check_fingerprints, resolve_thresholds
+        from steel_defect.postprocess.thresholds import (
+            check_fingerprints,
+            check_image_head_gate,
+            resolve_thresholds,
+        )
 
         paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         if not paths:
@@ -103,12 +107,7 @@ class OrtPredictor:
         if any(m.classes != models[0].classes for m in models):
             raise ValueError(f"the models predict different classes: {[m.classes for m in models]}")
         params, source = resolve_thresholds(thresholds, paths[0], models[0].inner)
-        if (
-            params.t_img is not None
-            and params.img_source == "image_head"
-            and not all(m.image_head for m in models)
-        ):
-            raise ValueError(f"thresholds from {source} gate on the image head, which a model lacks")
+        check_image_head_gate(params, [m.image_head for m in models], paths, source)
         if check_thresholds:
             check_fingerprints(
                 source, models[0].inner, [m.inner.get("fingerprint") for m in models], list(tta), paths

@@ -3,7 +3,9 @@
 ``thresholds=auto|defaults|raw|PATH`` -> :class:`~steel_defect.postprocess.params.PostprocessParams` plus a
 description of the source (:func:`resolve_thresholds`); thresholds are bound to the weights (content
 fingerprints) and TTA they were tuned for, and a mismatch is refused before any prediction
-(:func:`checked_thresholds`).
+(:func:`checked_thresholds`); thresholds gating on an image head a model lacks are refused too
+(:func:`check_image_head_gate`). A thresholds.yaml's ``meta`` has one schema (:func:`thresholds_meta`);
+older layouts are read through :func:`read_thresholds_meta`.
 """
 
 from __future__ import annotations
@@ -77,10 +79,10 @@ def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> di
     from steel_defect.postprocess.params import read_thresholds_yaml
 
     doc = read_thresholds_yaml(path) or {}
-    file_meta = doc.get("meta") if isinstance(doc, Mapping) else None
-    if not isinstance(file_meta, Mapping) or not file_meta.get("fingerprints"):
+    file_meta = read_thresholds_meta(doc.get("meta") if isinstance(doc, Mapping) else None)
+    if file_meta is None or not file_meta.get("fingerprints"):
         return None
-    return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta.get("tta") or [])}
+    return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta["tta"] or [])}
 
 
 def check_thresholds_binding(
@@ -132,23 +134,98 @@ def checked_thresholds(
     """:func:`resolve_thresholds` for ``nets``, refused before any prediction when they gate on an image head
     a net lacks or (with ``check_binding``) were tuned for other weights or another TTA."""
     params, source = resolve_thresholds(mode, ckpts[0], metas[0])
-    check_thresholds_for_nets(params, nets, source, ckpts)
+    names = [str(ckpts[i]) if i < len(ckpts) else f"net {i}" for i in range(len(nets))]
+    check_image_head_gate(params, [bool(getattr(n, "image_head", False)) for n in nets], names, source)
     if check_binding:
         check_thresholds_binding(source, metas[0], nets, tta, ckpts)
     return params, source
 
 
-def check_thresholds_for_nets(
-    params: Any, nets: Sequence[torch.nn.Module], source: str, ckpts: Sequence[Any] = ()
+def check_image_head_gate(
+    params: Any, has_head: Sequence[bool], names: Sequence[Any], source: str = "the thresholds"
 ) -> None:
-    """Fail before any prediction when ``params`` gate on the image head and a net has none."""
+    """Fail before any prediction when ``params`` gate on the image head (``img_source: image_head`` with a
+    t_img) and a model lacks it: ``has_head[i]`` says whether model ``names[i]`` has one."""
     if params.t_img is None or params.img_source != "image_head":
         return
-    lacking = [i for i, net in enumerate(nets) if not getattr(net, "image_head", False)]
+    lacking = [str(name) for name, head in zip(names, has_head, strict=True) if not head]
     if lacking:
-        names = [str(ckpts[i]) if i < len(ckpts) else f"net {i}" for i in lacking]
         raise ValueError(
-            f"thresholds from {source}: img_source='image_head' (t_img={params.t_img}) needs the image head, "
-            f"but {', '.join(names)} has none (trained without model.net.image_head); use thresholds tuned "
-            "for this checkpoint, or img_source: max_cls"
+            f"thresholds from {source}: img_source='image_head' needs the image head (t_img={params.t_img}), "
+            f"but {', '.join(lacking)} has none (trained without model.net.image_head); use thresholds tuned "
+            "for these weights, or img_source: max_cls"
         )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The ``meta`` of a thresholds.yaml: what the thresholds were tuned for, one schema for every tuning
+# ------------------------------------------------------------------------------------------------------
+#: Version of the meta schema :func:`thresholds_meta` writes (files without ``schema`` are older layouts).
+META_SCHEMA = 1
+#: Who tuned: the end-of-training callback, ``task=tune`` or ``task=tune_oof`` (train.py ``folds: K`` too).
+TUNING_SOURCES: tuple[str, ...] = ("end_of_training", "tune", "tune_oof")
+
+
+def thresholds_meta(
+    source: str,
+    checkpoints: Sequence[Any],
+    fingerprints: Sequence[str | None],
+    tta: Sequence[str] = (),
+    pix_modes: Sequence[str] = ("plain",),
+    labels: Any = None,
+    split: Any = None,
+    folds: Sequence[Mapping[str, Any]] | None = None,
+    min_gain_pairs: int = 0,
+) -> dict[str, Any]:
+    """The ``meta`` of a thresholds.yaml (every key always present): ``schema``, ``source`` (one of
+    :data:`TUNING_SOURCES`), ``checkpoints`` (paths), ``fingerprints`` (content fingerprints of the
+    weights: what :func:`check_fingerprints` binds to), ``tta``, ``pix_modes``, ``labels`` (the labels csv,
+    None when tuned on a datamodule's split), ``split`` (the split file or None), ``folds`` (tune_oof:
+    ``[{checkpoint, fold, val_images}]``, else None) and ``min_gain_pairs``."""
+    if source not in TUNING_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(TUNING_SOURCES)}, got {source!r}")
+    return {
+        "schema": META_SCHEMA,
+        "source": source,
+        "checkpoints": [str(p) for p in checkpoints],
+        "fingerprints": [None if f is None else str(f) for f in fingerprints],
+        "tta": [str(t) for t in tta],
+        "pix_modes": [str(m) for m in pix_modes],
+        "labels": None if labels is None else str(labels),
+        "split": None if split is None else str(split),
+        "folds": None if folds is None else [dict(f) for f in folds],
+        "min_gain_pairs": int(min_gain_pairs),
+    }
+
+
+_META_KEYS: tuple[str, ...] = tuple(thresholds_meta("tune", [], []))
+
+
+def read_thresholds_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A thresholds.yaml's ``meta`` in the :func:`thresholds_meta` schema, also from the three older layouts
+    (before ``schema``): ``task=tune`` (checkpoint, checkpoints, ..., split, labels), ``task=tune_oof``
+    (``oof: true``, folds) and the end-of-training callback (checkpoint, fingerprints, tta only).
+    None when there is no meta mapping."""
+    if not isinstance(meta, Mapping):
+        return None
+    if meta.get("schema") is not None:  # written by thresholds_meta; keys someone removed read as unknown
+        return {**dict.fromkeys(_META_KEYS), **meta}
+    if meta.get("oof"):
+        source = "tune_oof"
+    elif "split" in meta or "labels" in meta or "checkpoints" in meta:
+        source = "tune"
+    else:
+        source = "end_of_training"
+    checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
+    return {
+        "schema": 0,
+        "source": source,
+        "checkpoints": [str(p) for p in checkpoints],
+        "fingerprints": list(meta.get("fingerprints") or []),
+        "tta": list(meta.get("tta") or []),
+        "pix_modes": list(meta.get("pix_modes") or ["plain"]),
+        "labels": meta.get("labels"),
+        "split": meta.get("split"),
+        "folds": meta.get("folds"),
+        "min_gain_pairs": 0,
+    }

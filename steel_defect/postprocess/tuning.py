@@ -323,6 +323,171 @@ def _lex_key(*ranks: np.ndarray) -> np.ndarray:
     return key
 
 
+@dataclasses.dataclass(frozen=True)
+class _Grids:
+    """The validated search grids of one :func:`tune_thresholds` call."""
+
+    t_cls: list[float | None]
+    min_area: list[int | None]
+    max_area: list[int | None]
+    t_img: list[float | None]
+    tune_max_area: bool
+
+
+def _checked_inputs(
+    stats: TuningStats,
+    base: PostprocessParams | None,
+    t_cls_grid: Sequence[float | None],
+    min_area_grid: Sequence[int | None],
+    max_area_grid: Sequence[int | None],
+    t_img_grid: Sequence[float | None],
+    tune_max_area: bool,
+    min_gain: float,
+) -> tuple[PostprocessParams, _Grids]:
+    """``base`` (the defaults for ``stats``' classes when None) and the grids, validated against ``stats``."""
+    base = PostprocessParams.for_classes(stats.num_classes) if base is None else base
+    if base.num_classes != stats.num_classes:
+        raise ValueError(f"base has {base.num_classes} classes, TuningStats {stats.num_classes}")
+    if stats.num_variants == 2 and stats.reference_shape != base.reference_shape:
+        raise ValueError(
+            f"TuningStats.reference_shape {stats.reference_shape} (used to scale min_component) differs "
+            f"from base.reference_shape {base.reference_shape}"
+        )
+    for k in range(base.num_classes):
+        _grid_index(stats.grid, base.pix_mode[k], base.t_pix[k], f"base.t_pix[{k}]")
+        stats._variant(base, k)
+    if isinstance(min_gain, bool) or not isinstance(min_gain, int | float) or not min_gain >= 0:
+        raise ValueError(f"min_gain must be a number >= 0 (mean Dice per class), got {min_gain!r}")
+    grids = _Grids(
+        t_cls=[check_prob("t_cls_grid value", t, allow_none=True) for t in t_cls_grid],
+        min_area=[check_area("min_area_grid value", a) for a in min_area_grid],
+        max_area=[check_area("max_area_grid value", a) for a in max_area_grid],
+        t_img=[check_prob("t_img_grid value", t, allow_none=True) for t in t_img_grid],
+        tune_max_area=bool(tune_max_area),
+    )
+    return base, grids
+
+
+def _gate_candidates(
+    base: PostprocessParams, sources: Sequence[str], t_img_values: Sequence[float | None], a: Mapping
+) -> tuple[list[tuple[float | None, str]], np.ndarray]:
+    """Image-gate candidates in tie-break order (the base gate, no gate, then per source the higher t_img
+    first) and, per candidate, which images pass it: (J, N) float64."""
+    gates: list[tuple[float | None, str]] = []
+    if base.t_img is not None:
+        gates.append((base.t_img, base.img_source))
+    gates.append((None, "max_cls"))
+    for src in sources:
+        gates += [(t, src) for t in sorted({t for t in t_img_values if t is not None}, reverse=True)]
+    gates = list(dict.fromkeys(gates))
+    n_img = len(a["hw"])
+    gate_ok = np.stack(
+        [
+            image_gate(
+                a["class_probs"],
+                a.get("image_probs"),
+                dataclasses.replace(base, t_img=t, img_source=src),
+                n_img,
+            )
+            for t, src in gates
+        ]
+    ).astype(np.float64)
+    return gates, gate_ok
+
+
+def _class_values(stats: TuningStats, base: PostprocessParams, grids: _Grids, k: int) -> dict[str, list]:
+    """Class ``k``'s candidate values (each with its base value): t_cls, min_area, max_area, min_component."""
+    return {
+        "t_cls": _with_base(grids.t_cls, base.t_cls[k]),
+        "min_area": _with_base(grids.min_area, base.min_area[k]),
+        "max_area": (
+            _with_base([*grids.max_area, None], base.max_area[k])
+            if grids.tune_max_area
+            else [base.max_area[k]]
+        ),
+        "min_component": [None] if stats.min_component[k] is None else [None, stats.min_component[k]],
+    }
+
+
+def _class_scores(
+    a: Mapping, k: int, base: PostprocessParams, values: Mapping[str, list], gate_ok: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Mean Dice of class ``k`` for every candidate, (J, K, G, V, M, X) over (gate, t_cls, (pix_mode,
+    t_pix), min_component, min_area, max_area), -inf for an invalid area window; and the class's mean
+    Dice when it keeps nothing."""
+    hw, n_img = a["hw"], len(a["hw"])
+    n_var = len(values["min_component"])
+    pred = a["pred"][:, k, :, :n_var].astype(np.float64)  # (N, G, V)
+    inter = a["inter"][:, k, :, :n_var].astype(np.float64)
+    target = a["target"][:, k].astype(np.float64)  # (N,)
+
+    # Mean Dice = mean(d_drop) + mean(keep * (d_keep - d_drop)), keep = image gate & class gate & area.
+    d_keep = dice_from_counts(pred, target[:, None, None], inter)
+    d_drop = dice_from_counts(np.zeros_like(target), target, np.zeros_like(target))
+    gain = np.asarray(d_keep, dtype=np.float64) - np.asarray(d_drop, dtype=np.float64)[:, None, None]
+    lo = lower_bound(scale_area(values["min_area"], hw[:, None], base.reference_shape))  # (N, M)
+    hi = upper_bound(scale_area(values["max_area"], hw[:, None], base.reference_shape))  # (N, X)
+    area_ok = (pred[..., None, None] >= lo[:, None, None, :, None]) & (
+        pred[..., None, None] <= hi[:, None, None, None, :]
+    )  # (N, G, V, M, X)
+    t_cls_arr = np.asarray([-np.inf if t is None else t for t in values["t_cls"]], dtype=np.float64)
+    cls_ok = (a["class_probs"][:, k, None] >= t_cls_arr[None, :]).astype(np.float64)  # (N, K)
+    weighted = (gain[..., None, None] * area_ok).reshape(n_img, -1)  # (N, G*V*M*X)
+    keep = (gate_ok[:, None, :] * cls_ok.T[None]).reshape(-1, n_img)  # (J * K, N), contiguous for BLAS
+    score = (keep @ weighted) / n_img  # (J * K, G*V*M*X)
+    off = float(np.mean(d_drop))
+    score = score.reshape(len(gate_ok), len(values["t_cls"]), *area_ok.shape[1:]) + off
+    # A window with min_area > max_area is not a valid parameter set.
+    lo_ref = np.asarray([-np.inf if v is None else v for v in values["min_area"]])
+    hi_ref = np.asarray([np.inf if v is None else v for v in values["max_area"]])
+    score[..., lo_ref[:, None] > hi_ref[None, :]] = -np.inf
+    return score, off
+
+
+def _class_choices(
+    score: np.ndarray, grid: Sequence[tuple[str, float]], base: PostprocessParams, k: int, values: Mapping
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Per gate, class ``k``'s best mean Dice (J,) and its parameter values, ties broken by preference."""
+    # Lexicographic tie-break key over (K, G, V, M, X): t_pix, t_cls, min_area, min_component, max_area.
+    key = _lex_key(
+        _pixel_preference(grid, base.pix_mode[k], base.t_pix[k]),
+        _preference(values["t_cls"], base.t_cls[k], higher_first=True),
+        _preference(values["min_area"], base.min_area[k], higher_first=True),
+        _preference(values["min_component"], base.min_component[k], higher_first=True),
+        _preference(values["max_area"], base.max_area[k], higher_first=False),
+    ).transpose(1, 0, 3, 2, 4)  # (G, K, M, V, X) -> (K, G, V, M, X)
+    best = np.empty(len(score))
+    chosen = []
+    for j, s in enumerate(score):
+        best[j] = s.max()
+        tied_key = np.where(s >= best[j] - _TIE_TOL, key, np.iinfo(np.int64).max)
+        ik, ig, iv, im, ix = np.unravel_index(int(np.argmin(tied_key)), s.shape)
+        chosen.append(
+            {
+                "t_pix": grid[ig][1],
+                "pix_mode": grid[ig][0],
+                "t_cls": values["t_cls"][ik],
+                "min_area": values["min_area"][im],
+                "min_component": values["min_component"][iv],
+                "max_area": values["max_area"][ix],
+            }
+        )
+    return best, chosen
+
+
+def _switch_off(
+    best_score: np.ndarray, off_score: np.ndarray, chosen: list[list[dict[str, Any]]], min_gain: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per gate and class, switch a class off (keep nothing: max_area 0, min_area None) when its best
+    score beats keeping nothing by less than ``min_gain`` (never with ``min_gain`` 0); ``chosen`` is
+    updated in place. Returns the scores after switching and which (gate, class) pairs are off."""
+    gain = best_score - off_score[None, :]
+    off = (gain < min_gain - _TIE_TOL) if min_gain > 0 else np.zeros(gain.shape, dtype=bool)
+    for j, k in zip(*np.nonzero(off), strict=True):
+        chosen[j][k] = {**chosen[j][k], "min_area": None, "max_area": 0}
+    return np.where(off, off_score[None, :], best_score), off
+
+
 def tune_thresholds(
     stats: TuningStats,
     t_cls_grid: Sequence[float | None] = DEFAULT_T_CLS_GRID,
@@ -332,6 +497,7 @@ def tune_thresholds(
     max_area_grid: Sequence[int | None] = DEFAULT_MAX_AREA_GRID,
     t_img_grid: Sequence[float | None] = DEFAULT_T_IMG_GRID,
     img_sources: Sequence[str] | None = None,
+    min_gain: float = 0.0,
 ) -> tuple[PostprocessParams, dict[str, Any]]:
     """Exhaustive search over the image gate and, per class, ((pix_mode, t_pix), t_cls, min_area[, max_area][,
     min_component]); the pixel modes are those ``stats`` counted (``TuningStats(pix_modes=...)``).
@@ -345,150 +511,95 @@ def tune_thresholds(
     (within 1e-12) prefer, per class, the base value, then the more conservative one (higher thresholds,
     lower max area), in the order t_pix, t_cls, min_area, min_component, max_area; between gates, the base
     gate, then no gate, then max_cls before image_head, then the higher t_img.
+
+    ``min_gain`` > 0 (mean Dice of one class over the tuned images: ``p / len(stats)`` is ``p`` image-class
+    pairs): a class whose best score beats keeping nothing by less than that is switched off (max_area 0,
+    min_area None: :func:`~steel_defect.postprocess.apply.postprocess` then keeps nothing of it); the
+    gate is chosen with the switched-off scores. 0 (the default) switches nothing off.
     Returns (params, report); the report's Dice values come from ``stats.dice_per_class`` and include
-    the best tuned result without a gate and with a gate per source.
+    the best tuned result without a gate and with a gate per source; per class, ``gain_pairs`` (the best
+    score's gain over keeping nothing, in image-class pairs) and ``off``.
     """
-    base = PostprocessParams.for_classes(stats.num_classes) if base is None else base
-    if base.num_classes != stats.num_classes:
-        raise ValueError(f"base has {base.num_classes} classes, TuningStats {stats.num_classes}")
-    if stats.num_variants == 2 and stats.reference_shape != base.reference_shape:
-        raise ValueError(
-            f"TuningStats.reference_shape {stats.reference_shape} (used to scale min_component) differs "
-            f"from base.reference_shape {base.reference_shape}"
-        )
-    for k in range(base.num_classes):
-        _grid_index(stats.grid, base.pix_mode[k], base.t_pix[k], f"base.t_pix[{k}]")
-        stats._variant(base, k)
-    t_cls_grid = [check_prob("t_cls_grid value", t, allow_none=True) for t in t_cls_grid]
-    min_area_grid = [check_area("min_area_grid value", a) for a in min_area_grid]
-    max_area_grid = [check_area("max_area_grid value", a) for a in max_area_grid]
-    t_img_values = [check_prob("t_img_grid value", t, allow_none=True) for t in t_img_grid]
+    base, grids = _checked_inputs(
+        stats, base, t_cls_grid, min_area_grid, max_area_grid, t_img_grid, tune_max_area, min_gain
+    )
     sources = _img_sources(stats, img_sources)
-
     a = stats.arrays()
-    n_img = len(a["hw"])
-    hw, cls_probs, img_probs = a["hw"], a["class_probs"], a.get("image_probs")
-
-    # Gate candidates in tie-break order: the base gate, no gate, then per source the higher t_img first.
-    gates: list[tuple[float | None, str]] = []
-    if base.t_img is not None:
-        gates.append((base.t_img, base.img_source))
-    gates.append((None, "max_cls"))
-    for src in sources:
-        gates += [(t, src) for t in sorted({t for t in t_img_values if t is not None}, reverse=True)]
-    gates = list(dict.fromkeys(gates))
-    gate_ok = np.stack(
-        [
-            image_gate(cls_probs, img_probs, dataclasses.replace(base, t_img=t, img_source=src), n_img)
-            for t, src in gates
-        ]
-    ).astype(np.float64)  # (J, N)
-
-    grid = list(stats.grid)
+    gates, gate_ok = _gate_candidates(base, sources, grids.t_img, a)
     best_score = np.empty((len(gates), stats.num_classes))
+    off_score = np.empty(stats.num_classes)
     chosen: list[list[dict[str, Any]]] = [[] for _ in gates]  # [gate][class] -> parameter values
-
     for k in range(stats.num_classes):
-        t_cls_values = _with_base(t_cls_grid, base.t_cls[k])
-        min_values = _with_base(min_area_grid, base.min_area[k])
-        max_values = (
-            _with_base([*max_area_grid, None], base.max_area[k]) if tune_max_area else [base.max_area[k]]
-        )
-        variant_values = [None] if stats.min_component[k] is None else [None, stats.min_component[k]]
-        pred = a["pred"][:, k, :, : len(variant_values)].astype(np.float64)  # (N, G, V)
-        inter = a["inter"][:, k, :, : len(variant_values)].astype(np.float64)
-        target = a["target"][:, k].astype(np.float64)  # (N,)
+        values = _class_values(stats, base, grids, k)
+        score, off_score[k] = _class_scores(a, k, base, values, gate_ok)
+        best_score[:, k], per_gate = _class_choices(score, stats.grid, base, k, values)
+        for j, c in enumerate(per_gate):
+            chosen[j].append(c)
+    gain_pairs = (best_score - off_score[None, :]) * len(a["hw"])
+    best_score, off = _switch_off(best_score, off_score, chosen, float(min_gain))
+    search = _Search(stats, base, gates, sources, best_score, chosen)
+    tuned, report = _report(search)
+    j_best = search.first_best(list(range(len(gates))))
+    report["min_gain"] = float(min_gain)
+    for k, row in enumerate(report["classes"]):
+        row["gain_pairs"] = float(gain_pairs[j_best, k])
+        row["off"] = bool(off[j_best, k])
+    return tuned, report
 
-        # Mean Dice = mean(d_drop) + mean(keep * (d_keep - d_drop)), keep = image gate & class gate & area.
-        d_keep = dice_from_counts(pred, target[:, None, None], inter)
-        d_drop = dice_from_counts(np.zeros_like(target), target, np.zeros_like(target))
-        gain = np.asarray(d_keep, dtype=np.float64) - np.asarray(d_drop, dtype=np.float64)[:, None, None]
-        lo = lower_bound(scale_area(min_values, hw[:, None], base.reference_shape))  # (N, M)
-        hi = upper_bound(scale_area(max_values, hw[:, None], base.reference_shape))  # (N, X)
-        area_ok = (pred[..., None, None] >= lo[:, None, None, :, None]) & (
-            pred[..., None, None] <= hi[:, None, None, None, :]
-        )  # (N, G, V, M, X)
-        t_cls_arr = np.asarray([-np.inf if t is None else t for t in t_cls_values], dtype=np.float64)
-        cls_ok = (cls_probs[:, k, None] >= t_cls_arr[None, :]).astype(np.float64)  # (N, K)
-        weighted = (gain[..., None, None] * area_ok).reshape(n_img, -1)  # (N, G*V*M*X)
-        keep = (gate_ok[:, None, :] * cls_ok.T[None]).reshape(-1, n_img)  # (J * K, N), contiguous for BLAS
-        score = (keep @ weighted) / n_img  # (J * K, G*V*M*X)
-        score = score.reshape(len(gates), len(t_cls_values), *area_ok.shape[1:]) + float(np.mean(d_drop))
-        # A window with min_area > max_area is not a valid parameter set.
-        lo_ref = np.asarray([-np.inf if v is None else v for v in min_values])
-        hi_ref = np.asarray([np.inf if v is None else v for v in max_values])
-        score[..., lo_ref[:, None] > hi_ref[None, :]] = -np.inf
 
-        # Lexicographic tie-break key over (K, G, V, M, X): t_pix, t_cls, min_area, min_component, max_area.
-        key = _lex_key(
-            _pixel_preference(grid, base.pix_mode[k], base.t_pix[k]),
-            _preference(t_cls_values, base.t_cls[k], higher_first=True),
-            _preference(min_values, base.min_area[k], higher_first=True),
-            _preference(variant_values, base.min_component[k], higher_first=True),
-            _preference(max_values, base.max_area[k], higher_first=False),
-        ).transpose(1, 0, 3, 2, 4)  # (G, K, M, V, X) -> (K, G, V, M, X)
-        for j in range(len(gates)):
-            s = score[j]
-            best_score[j, k] = s.max()
-            tied_key = np.where(s >= best_score[j, k] - _TIE_TOL, key, np.iinfo(np.int64).max)
-            ik, ig, iv, im, ix = np.unravel_index(int(np.argmin(tied_key)), s.shape)
-            chosen[j].append(
-                {
-                    "t_pix": grid[ig][1],
-                    "pix_mode": grid[ig][0],
-                    "t_cls": t_cls_values[ik],
-                    "min_area": min_values[im],
-                    "min_component": variant_values[iv],
-                    "max_area": max_values[ix],
-                }
-            )
+@dataclasses.dataclass
+class _Search:
+    """The per-gate, per-class outcome of a search: enough to build any gate's parameters."""
 
-    def tuned_for(j: int) -> PostprocessParams:
-        t, src = gates[j]
+    stats: TuningStats
+    base: PostprocessParams
+    gates: list[tuple[float | None, str]]
+    sources: list[str]
+    best_score: np.ndarray  # (J, C)
+    chosen: list[list[dict[str, Any]]]  # [gate][class] -> parameter values
+
+    def tuned_for(self, j: int) -> PostprocessParams:
+        t, src = self.gates[j]
+        names = self.chosen[j][0]
         return dataclasses.replace(
-            base,
-            t_img=t,
-            img_source=src,
-            **{name: [c[name] for c in chosen[j]] for name in chosen[j][0]},
+            self.base, t_img=t, img_source=src, **{name: [c[name] for c in self.chosen[j]] for name in names}
         )
 
-    def first_best(candidates: list[int]) -> int:
-        means = best_score[candidates].mean(axis=1)
+    def first_best(self, candidates: list[int]) -> int:
+        means = self.best_score[candidates].mean(axis=1)
         return candidates[int(np.flatnonzero(means >= means.max() - _TIE_TOL)[0])]
 
-    j_best = first_best(list(range(len(gates))))
-    j_none = gates.index((None, "max_cls"))
-    tuned, tuned_no_gate = tuned_for(j_best), tuned_for(j_none)
-    raw = PostprocessParams.disabled(stats.num_classes)
-    dice_raw = stats.dice_per_class(raw)
-    dice_default = stats.dice_per_class(base)
+
+def _report(search: _Search) -> tuple[PostprocessParams, dict[str, Any]]:
+    """The best parameters over every gate, and the tuning report (Dice from ``stats.dice_per_class``)."""
+    stats, gates = search.stats, search.gates
+    tuned = search.tuned_for(search.first_best(list(range(len(gates)))))
+    tuned_no_gate = search.tuned_for(gates.index((None, "max_cls")))
+    dice_raw = stats.dice_per_class(PostprocessParams.disabled(stats.num_classes))
+    dice_default = stats.dice_per_class(search.base)
     dice_tuned = stats.dice_per_class(tuned)
     dice_no_gate = stats.dice_per_class(tuned_no_gate)
     per_source: dict[str, Any] = {}
-    for src in sources:
+    for src in search.sources:
         js = [j for j, (t, s) in enumerate(gates) if s == src and t is not None]
         if js:
-            j = first_best(js)
-            dice = stats.dice_per_class(tuned_for(j))
+            j = search.first_best(js)
+            dice = stats.dice_per_class(search.tuned_for(j))
             per_source[src] = {"t_img": gates[j][0], "dice": float(np.mean(dice)), "dice_per_class": dice}
+    classes = [
+        {
+            "class": k + 1,
+            "dice_raw": dice_raw[k],
+            "dice_default": dice_default[k],
+            "dice_tuned_no_gate": dice_no_gate[k],
+            "dice_tuned": dice_tuned[k],
+            **{name: getattr(tuned, name)[k] for name in _REPORTED},
+        }
+        for k in range(stats.num_classes)
+    ]
     report: dict[str, Any] = {
-        "num_images": n_img,
-        "classes": [
-            {
-                "class": k + 1,
-                "dice_raw": dice_raw[k],
-                "dice_default": dice_default[k],
-                "dice_tuned_no_gate": dice_no_gate[k],
-                "dice_tuned": dice_tuned[k],
-                "t_pix": tuned.t_pix[k],
-                "pix_mode": tuned.pix_mode[k],
-                "t_cls": tuned.t_cls[k],
-                "min_area": tuned.min_area[k],
-                "max_area": tuned.max_area[k],
-                "min_component": tuned.min_component[k],
-            }
-            for k in range(stats.num_classes)
-        ],
+        "num_images": len(stats),
+        "classes": classes,
         "mean": {
             "dice_raw": float(np.mean(dice_raw)),
             "dice_default": float(np.mean(dice_default)),
@@ -502,6 +613,10 @@ def tune_thresholds(
         },
     }
     return tuned, report
+
+
+#: The per-class parameters a tuning report lists, in its order.
+_REPORTED = ("t_pix", "pix_mode", "t_cls", "min_area", "max_area", "min_component")
 
 
 def format_tuning_report(report: Mapping[str, Any]) -> str:
@@ -523,6 +638,7 @@ def format_tuning_report(report: Mapping[str, Any]) -> str:
             f"{row['class']:>5} {row['dice_raw']:>7.4f} {row['dice_default']:>7.4f} {row['dice_tuned']:>7.4f} "
             f"{row.get('pix_mode', 'plain'):>6} {fmt(row['t_pix'], '.2f'):>5} {fmt(row['t_cls'], '.2f'):>5} {fmt(row['min_area'], 'd'):>8} "
             f"{fmt(row['max_area'], 'd'):>8} {fmt(row.get('min_component'), 'd'):>8}"
+            + (f"  off: gains {row['gain_pairs']:.1f} image-class pairs" if row.get("off") else "")
         )
     mean = report["mean"]
     lines.append("-" * len(head))

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "runtime": "auto",
     "check_thresholds": True,
     "pix_modes": ["plain"],
+    "min_gain_pairs": 0,
     "pseudo": {"t_pos": 0.95, "t_neg": 0.05},
     "export": {
         "out": None,
@@ -76,6 +77,7 @@ class PredictConfig:
     runtime: str
     check_thresholds: bool = True
     pix_modes: tuple[str, ...] = ("plain",)
+    min_gain_pairs: int = 0
     pseudo: dict[str, float] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     quantize: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +160,7 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
         runtime=choice("runtime", c["runtime"], RUNTIMES),
         check_thresholds=boolean("check_thresholds", c["check_thresholds"]),
         pix_modes=tuple(check_pix_modes(c["pix_modes"])),
+        min_gain_pairs=integer("min_gain_pairs", c["min_gain_pairs"], 0),
         pseudo=dataclasses.asdict(PseudoRule.from_dict(c["pseudo"])),
         export={
             "out": path("export.out", exp["out"]),

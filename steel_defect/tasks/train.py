@@ -130,6 +130,7 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
         ckpts.extend(read_run_record(record)[0])
         metrics.update({f"fold_{fold}/{k}": v for k, v in fold_metrics.items()})
     images, labels = _labels_for_tuning(cfg, base)
+    oof = cfg.get("oof") or {}
     c = parse_config(
         {
             "task": "tune_oof",
@@ -139,6 +140,8 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
             "out": str(base / "thresholds.yaml"),
             "device": "cpu" if cfg.trainer.get("accelerator") == "cpu" else "auto",
             "num_workers": 0,
+            "tta": list(oof.get("tta") or []),  # the fold ensemble's thresholds are bound to this TTA
+            "min_gain_pairs": oof.get("min_gain_pairs", 0),
         }
     )
     tuned = run_tune_oof(c)

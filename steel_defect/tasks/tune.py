@@ -16,15 +16,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from steel_defect import NUM_CLASSES
 from steel_defect.data.splits import load_split
-from steel_defect.fingerprint import net_fingerprint
-from steel_defect.inference.calibrate import collect_tuning_stats
+from steel_defect.inference.calibrate import (
+    TuneOptions,
+    base_params,
+    collect_tuning_stats,
+    new_tuning_stats,
+    tune_and_save,
+)
 from steel_defect.inference.folder import progress_bar, stderr_console
-from steel_defect.inference.predictor import iter_probabilities
-from steel_defect.postprocess.params import PostprocessParams, save_thresholds
 from steel_defect.postprocess.thresholds import THRESHOLDS_FILE
-from steel_defect.postprocess.tuning import TuningStats, format_tuning_report, stats_for, tune_thresholds
+from steel_defect.postprocess.tuning import format_tuning_report
 from steel_defect.tasks.common import labelled_loader, load_predictor, tuning_sources
 from steel_defect.tasks.config import PredictConfig
 
@@ -77,11 +79,8 @@ def oof_output_path(out: Path, ckpts: Sequence[Path]) -> Path:
     return Path(os.path.commonpath(runs)) / "thresholds.yaml"
 
 
-def run_tune_oof(c: PredictConfig) -> dict[str, Any]:
-    """task=tune_oof (see the module docstring); writes :func:`oof_output_path` and returns the report."""
-    from rich.console import Console
-
-    console = Console()
+def _fold_splits(c: PredictConfig) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The fold splits of tune_oof's checkpoints (each run's own split.json), checked to be one k-fold."""
     if len(c.ckpt) < 2:
         raise ValueError(
             "task=tune_oof needs the checkpoints of every fold: ckpt=[fold0.ckpt,fold1.ckpt,...]"
@@ -94,44 +93,43 @@ def run_tune_oof(c: PredictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"{ckpt}: its run's split file {path} is missing (train.py writes it)")
     splits = [load_split(p) for p in split_paths]
     check_folds(splits, split_paths)
+    return splits, split_paths
+
+
+def _options(c: PredictConfig) -> TuneOptions:
+    return TuneOptions(pix_modes=c.pix_modes, tta=c.tta, min_gain_pairs=c.min_gain_pairs)
+
+
+def run_tune_oof(c: PredictConfig) -> dict[str, Any]:
+    """task=tune_oof (see the module docstring); writes :func:`oof_output_path` and returns the report."""
+    from rich.console import Console
+
+    console = Console()
+    splits, split_paths = _fold_splits(c)
     images, labels = tuning_sources(c)
     predictor = load_predictor(c)
-    nets, metas, device, amp = predictor.nets, predictor.metas, predictor.device, predictor.amp
-    k = predictor.num_classes
-    base = PostprocessParams.from_dict(metas[0]["postprocess"], k) if metas[0].get("postprocess") else None
-    stats = TuningStats(**stats_for(base, c.pix_modes, k))
+    nets, device, k = predictor.nets, predictor.device, predictor.num_classes
+    base, options = base_params(predictor.metas[0], k), _options(c)
+    stats = new_tuning_stats(base, options, k)
     folds = []
     for net, split, path, ckpt in zip(nets, splits, split_paths, c.ckpt, strict=True):
         ids = list(split["val"])
         loader = labelled_loader(ids, images, labels, path, c.batch_size, c.num_workers, device, k)
-        for batch, mask_probs, class_probs, image_probs in iter_probabilities(
-            net, loader, device, c.tta, amp
-        ):
-            stats.update(
-                mask_probs.cpu().numpy(),
-                class_probs.cpu().numpy(),
-                batch["mask"].numpy() > 0.5,
-                None if image_probs is None else image_probs.cpu().numpy(),
-            )
+        collect_tuning_stats(net, loader, device, c.tta, predictor.amp, stats=stats)
         folds.append({"checkpoint": str(ckpt), "fold": split["cfg"]["fold"], "val_images": len(ids)})
         console.print(
             f"fold {split['cfg']['fold']}: {len(ids)} out-of-fold images from {ckpt}", highlight=False
         )
-    params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
     out = oof_output_path(Path(c.out), c.ckpt)
-    save_thresholds(
-        params,
+    params, report = tune_and_save(
         out,
-        report=report,
-        meta={
-            "checkpoints": [str(p) for p in c.ckpt],
-            "fingerprints": [net_fingerprint(n) for n in nets],
-            "tta": list(c.tta),
-            "pix_modes": list(c.pix_modes),
-            "oof": True,
-            "folds": folds,
-            "labels": str(labels),
-        },
+        "tune_oof",
+        c.ckpt,
+        predictor.fingerprints(),
+        stats=stats,
+        base=base,
+        options=options,
+        provenance={"labels": labels, "folds": folds},
     )
     console.print(format_tuning_report(report), highlight=False, soft_wrap=True)
     console.print(
@@ -159,11 +157,9 @@ def run_tune(c: PredictConfig) -> dict[str, Any]:
         raise ValueError(f"{split_path}: the validation split is empty")
     images, labels = tuning_sources(c)
     predictor = load_predictor(c)
-    nets, metas, device = predictor.nets, predictor.metas, predictor.device
-    k = len(metas[0].get("classes") or []) or NUM_CLASSES
+    device, k = predictor.device, predictor.num_classes
     loader = labelled_loader(ids, images, labels, split_path, c.batch_size, c.num_workers, device, k)
-    base = PostprocessParams.from_dict(metas[0]["postprocess"], k) if metas[0].get("postprocess") else None
-    kwargs = stats_for(base, c.pix_modes, k)
+    path = c.ckpt[0].parent / THRESHOLDS_FILE
     with progress_bar(stderr_console()) as progress:
         task = progress.add_task("tune", total=len(ids), rate="")
 
@@ -172,23 +168,20 @@ def run_tune(c: PredictConfig) -> dict[str, Any]:
                 yield batch
                 progress.update(task, advance=len(batch["image_id"]))
 
-        stats = collect_tuning_stats(nets, tracked(), device=device, tta=c.tta, amp=predictor.amp, **kwargs)
-    params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
-    path = c.ckpt[0].parent / THRESHOLDS_FILE
-    save_thresholds(
-        params,
-        path,
-        report=report,
-        meta={
-            "checkpoint": c.ckpt[0].name,
-            "checkpoints": [str(p) for p in c.ckpt],
-            "fingerprints": predictor.fingerprints(),
-            "tta": list(c.tta),
-            "pix_modes": list(c.pix_modes),
-            "split": str(split_path),
-            "labels": str(labels),
-        },
-    )
+        params, report = tune_and_save(
+            path,
+            "tune",
+            c.ckpt,
+            predictor.fingerprints(),
+            nets=predictor.nets,
+            loader=tracked(),
+            device=device,
+            amp=predictor.amp,
+            base=base_params(predictor.metas[0], k),
+            num_classes=k,
+            options=_options(c),
+            provenance={"labels": labels, "split": split_path},
+        )
     console.print(format_tuning_report(report), highlight=False, soft_wrap=True)
     console.print(f"tuned thresholds written to {path}", highlight=False, soft_wrap=True)
     return {"thresholds": str(path), "params": params.to_dict(), "report": report}

@@ -113,10 +113,9 @@ class TuneThresholds(L.Callback):
     @rank_zero_only
     def _tune(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from steel_defect.fingerprint import net_fingerprint
-        from steel_defect.inference.calibrate import collect_tuning_stats
+        from steel_defect.inference.calibrate import TuneOptions, base_params, tune_and_save
         from steel_defect.inference.predictor import load_nets
-        from steel_defect.postprocess.params import PostprocessParams, save_thresholds
-        from steel_defect.postprocess.tuning import format_tuning_report, stats_for, tune_thresholds
+        from steel_defect.postprocess.tuning import format_tuning_report
 
         ckpt = trainer.checkpoint_callback
         best = Path(ckpt.best_model_path) if ckpt is not None and ckpt.best_model_path else None
@@ -126,18 +125,20 @@ class TuneThresholds(L.Callback):
         (net,), (meta,) = load_nets([best], device=pl_module.device)
         dm = trainer.datamodule
         loader = dm.tune_dataloader() if hasattr(dm, "tune_dataloader") else dm.val_dataloader()
-        k = len(meta.get("classes") or []) or None
-        base = (
-            PostprocessParams.from_dict(meta["postprocess"], num_classes=k)
-            if meta.get("postprocess")
-            else None
-        )
-        kwargs = stats_for(base, self.pix_modes, int(pl_module.net.config["classes"]))
-        stats = collect_tuning_stats(net, loader, device=pl_module.device, tta=self.tta, **kwargs)
-        params, report = tune_thresholds(stats, base=base) if base is not None else tune_thresholds(stats)
+        k = int(pl_module.net.config["classes"])
         self.path = best.parent / self.filename
-        meta = {"checkpoint": best.name, "fingerprints": [net_fingerprint(net)], "tta": self.tta}
-        save_thresholds(params, self.path, report=report, meta=meta)
+        params, report = tune_and_save(
+            self.path,
+            "end_of_training",
+            [best],
+            [net_fingerprint(net)],
+            nets=net,
+            loader=loader,
+            device=pl_module.device,
+            base=base_params(meta, k),
+            num_classes=k,
+            options=TuneOptions(pix_modes=self.pix_modes, tta=self.tta),
+        )
         self.report = report
         log.info("tuned thresholds written to %s\n%s", self.path, format_tuning_report(report))
 
