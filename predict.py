@@ -1,6 +1,7 @@
-"""Predict, evaluate, tune thresholds or export: `python predict.py ckpt=PATH data.root=DIR [task=...]`.
+"""predict.py's tasks: `python predict.py ckpt=PATH data.root=DIR [task=NAME] [key=value ...]`, NAME one of
+predict, evaluate, tune, tune_oof, pseudo, export, quantize (the config group conf/task/<NAME>.yaml).
 
-Thin on purpose: compose (Hydra, conf/predict.yaml) and hand the plain config to
+Thin on purpose: compose (Hydra, conf/predict.yaml + conf/task/<NAME>.yaml) and hand the plain config to
 :func:`steel_defect.tasks.dispatch.predict_job` (then ``run``), which validates it and dispatches on ``task``.
 """
 

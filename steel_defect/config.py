@@ -1,7 +1,8 @@
 """Config helpers shared by every entry point.
 
-* the validators of predict.py's and the service's settings (``choice``, ``integer``, ``number``, ``boolean``,
-  ``path``): each error names the key and what is valid;
+* the validators of every config (predict.py's, the data module's, the service's): ``choice``, ``integer``,
+  ``optional_integer``, ``number``, ``fraction``, ``boolean``, ``path``, ``keys``; each raises ``ValueError``
+  naming the key and what is valid;
 * :func:`to_plain`, the one converter to plain python values;
 * :func:`parse_key_values`, the ``key=value`` command-line parser of the two non-Hydra CLIs (the Kaggle bundle
   and the inspection service).
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: The checkout's Hydra config folder (conf/ beside the steel_defect package; not packaged): train.py's and
+#: predict.py's configs, read by Hydra and by :func:`steel_defect.tasks.config.predict_defaults`.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def choice(key: str, value: Any, choices: Sequence[str]) -> str:
@@ -50,6 +55,35 @@ def number(key: str, value: Any, minimum: float, maximum: float | None = None) -
     ):
         raise ValueError(f"{key} must be a number {_span(minimum, maximum)}, got {value!r}")
     return float(value)
+
+
+def fraction(key: str, value: Any) -> float:
+    """An int or float (not a bool) strictly between 0 and 1 (a share, a confidence)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{key} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+def optional_integer(key: str, value: Any, minimum: int) -> int | None:
+    """None, or an int (not a bool) ``>= minimum``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum} or null, got {value!r}")
+    return int(value)
+
+
+def keys(key: str, value: Any, valid: Sequence[str]) -> dict[str, Any]:
+    """A mapping (None: empty) that uses only ``valid`` keys, as a plain dict."""
+    value = to_plain(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping with keys {list(valid)}, got {value!r}")
+    unknown = sorted(map(str, set(value) - set(valid)))
+    if unknown:
+        raise ValueError(f"{key}: unknown keys {unknown}; valid keys: {list(valid)}")
+    return dict(value)
 
 
 def boolean(key: str, value: Any) -> bool:

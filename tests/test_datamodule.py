@@ -228,3 +228,76 @@ def test_only_the_synthetic_module_generates_and_it_refuses_real_data(tmp_path):
     assert (real / "train.csv").read_text() == "ImageId,ClassId,EncodedPixels\n"
     assert (real / "train_images" / "a.jpg").read_bytes() == b"not really a jpeg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]
+
+
+def test_options_are_checked_once_into_typed_groups(root):
+    from steel_defect.data.config import CropConfig, LimitConfig, LoaderConfig, OversampleConfig, PseudoConfig
+
+    dm = make(
+        root,
+        crop_height=32,
+        defect_crop_p=0.25,
+        augment={"hflip_p": 0.1, "jpeg_p": 0.2},
+        blackout_p=0.3,
+        oversample={"power": 1.0},
+        pseudo_share=0.2,
+        limit_train=5,
+    )
+    c = dm.cfg
+    assert c.crop == CropConfig(height=32, width=128, defect_p=0.25)
+    assert dict(c.augment.transforms) == {"hflip_p": 0.1, "jpeg_p": 0.2} and c.augment.blackout_p == 0.3
+    assert c.oversample == OversampleConfig(power=1.0)
+    assert c.pseudo == PseudoConfig(labels=None, images=None, share=0.2)
+    assert c.loader == LoaderConfig(
+        batch_size=4, val_batch_size=2, num_workers=0, pin_memory=False, persistent_workers=False
+    )
+    assert c.limits == LimitConfig(train=5, val=None)
+    assert c.layout.layout == "kaggle" and c.layout.train_csv == "train.csv"
+    assert make(root, oversample={}).cfg.oversample is None
+    assert dm.hparams.crop_height == 32 and dm.hparams.augment == {"hflip_p": 0.1, "jpeg_p": 0.2}  # as given
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, r"data.batch_size must be an integer >= 1, got 0"),
+        ({"num_workers": -1}, r"data.num_workers must be an integer >= 0"),
+        ({"pin_memory": "yes"}, r"data.pin_memory must be true or false"),
+        ({"limit_train": 0}, r"data.limit_train must be an integer >= 1 or null, got 0"),
+        ({"crop_width": 0}, r"data.crop_width must be an integer >= 1 or null"),
+        ({"augment": {"hflip_p": "often"}}, r"data.augment.hflip_p must be a number >= 0.0"),
+        ({"oversample": {"pow": 1}}, r"data.oversample: unknown keys \['pow'\]"),
+        ({"blackout_p": 1.5}, r"data.blackout_p must be a number >= 0.0 and <= 1.0, got 1.5"),
+        ({"missing_mask": "skip"}, r"data.missing_mask='skip' is not valid; choose one of: error, empty"),
+        ({"train_csv": ""}, r"data.train_csv must be a non-empty file or folder name"),
+        ({"shape": [64]}, r"data.shape must be \[height, width\]"),
+    ],
+)
+def test_option_errors_name_the_key(root, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(root, **kwargs)
+
+
+def test_the_yaml_keys_reach_the_groups(tmp_path):
+    """conf/data/*.yaml keys are unchanged: data.crop_width=, data.augment.hflip_p=, data.pseudo_share=..."""
+    from hydra.utils import instantiate
+
+    from tests.helpers import TINY, compose_train
+
+    overrides = [
+        *TINY,
+        "data.crop_height=32",
+        "data.augment.hflip_p=0.25",
+        "data.pseudo_share=0.3",
+        "data.limit_val=2",
+        "data.oversample={power: 2.0}",
+        "data.defect_crop_p=0.5",
+    ]
+    cfg = compose_train(overrides, tmp_path)
+    dm = instantiate(cfg.data, _convert_="object")
+    assert isinstance(dm, SyntheticDataModule)
+    c = dm.cfg
+    assert (c.crop.height, c.crop.width, c.crop.defect_p) == (32, 100, 0.5)
+    assert c.augment.transforms["hflip_p"] == 0.25 and c.augment.transforms["vflip_p"] == 0.5
+    assert c.pseudo.share == 0.3 and c.limits.val == 2 and c.oversample.power == 2.0
+    assert c.loader.batch_size == 4 and c.loader.num_workers == 0

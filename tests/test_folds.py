@@ -167,6 +167,6 @@ def test_min_gain_pairs_is_a_validated_predict_key():
     from steel_defect.tasks.config import parse_config
 
     assert parse_config({"ckpt": "a.ckpt", "task": "tune_oof"}).min_gain_pairs == 0
-    assert parse_config({"ckpt": "a.ckpt", "min_gain_pairs": 2}).min_gain_pairs == 2
+    assert parse_config({"ckpt": "a.ckpt", "task": "tune", "min_gain_pairs": 2}).min_gain_pairs == 2
     with pytest.raises(ValueError, match="min_gain_pairs"):
-        parse_config({"ckpt": "a.ckpt", "min_gain_pairs": -1})
+        parse_config({"ckpt": "a.ckpt", "task": "tune", "min_gain_pairs": -1})

@@ -35,9 +35,8 @@ from steel_defect.report import (
 )
 from steel_defect.rle import rle_decode, rle_encode
 from steel_defect.submission import read_submission, write_submission
-from steel_defect.tasks.config import DEFAULTS, parse_config
 from steel_defect.tasks.dispatch import run
-from tests.conftest import REPO, SAMPLES, TINY_NET
+from tests.conftest import SAMPLES, TINY_NET
 from tests.helpers import SHAPE, config, isolated_ckpt
 
 TINY_NET = {**TINY_NET, "classes": 4}
@@ -267,56 +266,6 @@ def test_real_legacy_kernel_submission_converts_to_current_format(tmp_path):
     again = read_submission(tmp_path / "current.csv")
     key = ["ImageId", "ClassId"]
     assert again.sort_values(key).reset_index(drop=True).equals(frame.sort_values(key).reset_index(drop=True))
-
-
-# ======================================================================================================
-# Configuration
-# ======================================================================================================
-def test_defaults_match_conf_predict_yaml():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("predict", return_hydra_config=True)
-    hydra_cfg = cfg.hydra
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra")
-    assert cfg == DEFAULTS
-    assert hydra_cfg.run.dir == "." and hydra_cfg.output_subdir is None and not hydra_cfg.job.chdir
-    GlobalHydra.instance().clear()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (
-            {"task": "train"},
-            r"task='train' is not valid; choose one of: predict, evaluate, tune, tune_oof, pseudo, export",
-        ),
-        ({"format": "csv"}, r"format='csv' is not valid; choose one of: current, legacy"),
-        ({"runtime": "tensorrt"}, r"runtime='tensorrt' is not valid; choose one of: auto, torch, onnx"),
-        ({"tta": ["hflip", "rot90"]}, r"tta=.*unknown \['rot90'\]; choose from: hflip, vflip, hvflip"),
-        ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
-        ({"overlays": -1}, r"overlays must be an integer >= 0"),
-        ({"device": "gpu0"}, r"device='gpu0' is not valid"),
-        ({"bogus": 1}, r"unknown config key 'bogus'"),
-        ({"data": {"root": "x", "imgs": "y"}}, r"unknown config key 'data.imgs'"),
-        ({"images": "a", "data": {"images": "b"}}, r"images=a and data.images=b disagree"),
-    ],
-)
-def test_config_errors_name_the_key_and_the_choices(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        parse_config({"ckpt": "x.ckpt", **overrides})
-
-
-def test_ckpt_is_required():
-    for ckpt in ("???", None, []):
-        with pytest.raises(ValueError, match="ckpt is required"):
-            parse_config({"ckpt": ckpt})
-    c = parse_config({"ckpt": ["a.ckpt", "b.ckpt"], "images": "imgs"})
-    assert c.ckpt == (Path("a.ckpt"), Path("b.ckpt")) and c.images == Path("imgs")
 
 
 # ======================================================================================================

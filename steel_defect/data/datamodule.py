@@ -1,14 +1,14 @@
 """``SteelDataModule``: annotations -> reproducible split -> datasets -> loaders, for Lightning and Hydra.
 
-All constructor arguments are plain values (Hydra instantiates the class from ``conf/data/*.yaml``) and are
-saved as hyper-parameters. The split is computed once per run and, when ``split_file`` is set, stored there
+All constructor arguments are plain values (Hydra instantiates the class from ``conf/data/*.yaml``), saved as
+hyper-parameters and checked once into typed groups (``self.cfg``: :class:`~steel_defect.data.config.DataConfig`,
+with ``layout``, ``crop``, ``augment``, ``oversample``, ``pseudo``, ``loader`` and ``limits``). The split is computed once per run and, when ``split_file`` is set, stored there
 (or re-read from there), so a run's split lives next to the run.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ import pandas as pd
 from torch.utils.data import DataLoader, SequentialSampler
 
 from steel_defect import DEFAULT_SHAPE, SEVERSTAL_CLASSES
-from steel_defect.config import to_plain
+from steel_defect.config import integer, to_plain
 from steel_defect.data.annotations import load_annotations, rle_columns
-from steel_defect.data.copy_paste import COPY_PASTE_KEYS, copy_paste_config
+from steel_defect.data.config import LAYOUTS, DataConfig
+from steel_defect.data.copy_paste import copy_paste_config
 from steel_defect.data.dataset import SizeBatchSampler, SteelDataset
 from steel_defect.data.samplers import (
     EpochSampler,
@@ -40,6 +41,7 @@ from steel_defect.data.transforms import build_transforms
 
 __all__ = [
     "LAYOUTS",
+    "DataConfig",
     "MixedDataset",
     "PseudoMixSampler",
     "SteelDataModule",
@@ -48,30 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-AUGMENT_KEYS = (
-    "hflip_p",
-    "vflip_p",
-    "brightness_contrast_p",
-    "brightness_limit",
-    "contrast_limit",
-    "gamma_p",
-    "blur_p",
-    "noise_p",
-    "jpeg_p",
-)
-OVERSAMPLE_KEYS = ("power",)
-#: ``kaggle``: ``train_csv`` + ``train_images`` (Severstal's layout); ``folder``: ``images`` + ``masks``.
-LAYOUTS = ("kaggle", "folder")
-
-
-def _check_keys(name: str, value: Mapping[str, Any] | None, valid: tuple[str, ...]) -> dict[str, Any]:
-    """``value`` as a dict after checking that it only uses ``valid`` keys."""
-    value = to_plain(value) or {}
-    unknown = sorted(map(str, set(value) - set(valid)))
-    if unknown:
-        raise ValueError(f"data.{name}: unknown keys {unknown}; valid keys: {list(valid)}")
-    return value
 
 
 class SteelDataModule(L.LightningDataModule):
@@ -105,6 +83,7 @@ class SteelDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
+        *,
         train_csv: str = "train.csv",
         train_images: str = "train_images",
         test_images: str = "test_images",
@@ -140,9 +119,9 @@ class SteelDataModule(L.LightningDataModule):
                 "data.root is required: the folder holding train.csv, train_images/, test_images/ "
                 "(data=severstal) or images/ + masks/ (data=folder)"
             )
-        if layout not in LAYOUTS:
-            raise ValueError(f"data.layout={layout!r}; choose one of: {', '.join(LAYOUTS)}")
         self.save_hyperparameters(logger=False)
+        #: The options, checked and grouped into typed sub-configs (:mod:`steel_defect.data.config`).
+        self.cfg: DataConfig = DataConfig.from_options(self.hparams)
         names = list(SEVERSTAL_CLASSES) if classes is None else [str(c) for c in to_plain(classes)]
         if not names or len(set(names)) != len(names) or any(not n.strip() for n in names):
             raise ValueError(f"data.classes must be distinct non-empty class names, got {classes!r}")
@@ -152,29 +131,11 @@ class SteelDataModule(L.LightningDataModule):
         self.split_cfg: dict[str, Any] = normalise_split_cfg(
             to_plain(split) if split is not None else DEFAULT_SPLIT
         )
-        self.augment = _check_keys("augment", augment, AUGMENT_KEYS)
-        self.oversample = _check_keys("oversample", oversample, OVERSAMPLE_KEYS)
-        self.copy_paste = copy_paste_config(_check_keys("copy_paste", copy_paste, COPY_PASTE_KEYS))
-        if shape is None and layout == "kaggle":
-            shape = list(DEFAULT_SHAPE)
+        self.copy_paste = copy_paste_config(to_plain(copy_paste))
         #: The image size every image must have; None: any size (folder layout without data.shape).
-        self.shape: tuple[int, int] | None = None if shape is None else tuple(int(s) for s in shape)  # type: ignore[assignment]
-        if self.shape is not None and (len(self.shape) != 2 or min(self.shape) < 1):
-            raise ValueError(f"data.shape must be [height, width], got {shape!r}")
+        self.shape: tuple[int, int] | None = self._shape(shape)
         if self.shape is None:
             build_transforms("train", crop_height=crop_height, crop_width=crop_width, any_size=True)
-        if (
-            isinstance(defect_crop_p, bool)
-            or not isinstance(defect_crop_p, int | float)
-            or not (0.0 <= float(defect_crop_p) <= 1.0)
-        ):
-            raise ValueError(f"data.defect_crop_p must be a probability in [0, 1], got {defect_crop_p!r}")
-        for name, value in (("limit_train", limit_train), ("limit_val", limit_val)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
-        share = pseudo_share
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < float(share) < 1.0:
-            raise ValueError(f"data.pseudo_share must be in (0, 1), got {pseudo_share!r}")
         self.pseudo_frame: pd.DataFrame | None = None
         self.pseudo_dataset: SteelDataset | None = None
         self.annotations: pd.DataFrame | None = None
@@ -184,6 +145,16 @@ class SteelDataModule(L.LightningDataModule):
         self.test_dataset: SteelDataset | None = None
         self._sizes: dict[str, tuple[int, int]] = {}
 
+    def _shape(self, shape: Any) -> tuple[int, int] | None:
+        """``data.shape`` as ``(height, width)``: the kaggle layout's default ``DEFAULT_SHAPE``; None (any
+        size) only with the folder layout."""
+        shape = to_plain(shape)
+        if shape is None:
+            return tuple(DEFAULT_SHAPE) if self.cfg.layout.layout == "kaggle" else None  # type: ignore[return-value]
+        if not isinstance(shape, list | tuple) or len(shape) != 2:
+            raise ValueError(f"data.shape must be [height, width], got {shape!r}")
+        return integer("data.shape height", shape[0], 1), integer("data.shape width", shape[1], 1)
+
     # ----------------------------------------------------------------------------------------- preparation
     @property
     def num_classes(self) -> int:
@@ -192,7 +163,7 @@ class SteelDataModule(L.LightningDataModule):
 
     @property
     def csv_path(self) -> Path:
-        return self.root / self.hparams.train_csv
+        return self.root / self.cfg.layout.train_csv
 
     def _load(self) -> pd.DataFrame:
         """Annotations and split, computed once (split read from / saved to ``split_file`` if set)."""
@@ -200,7 +171,7 @@ class SteelDataModule(L.LightningDataModule):
             return self.annotations
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {str(self.root)!r} does not exist")
-        hp = self.hparams
+        hp = self.cfg.layout
         if hp.layout == "folder":
             from steel_defect.data.folder import load_folder_annotations
 
@@ -274,18 +245,17 @@ class SteelDataModule(L.LightningDataModule):
         crop = {"crop_height": crop_height, "crop_width": crop_width}
         if self.shape is None:
             crop["any_size"] = True
-        return build_transforms("train", shape=self.shape, **crop, **self.augment)
+        return build_transforms("train", shape=self.shape, **crop, **self.cfg.augment.transforms)
 
     @property
     def image_dir(self) -> Path:
         """The folder of the labelled images (``train_images`` or, with the folder layout, ``images``)."""
-        hp = self.hparams
+        hp = self.cfg.layout
         return self.root / (hp.images if hp.layout == "folder" else hp.train_images)
 
     def _dataset(self, df: pd.DataFrame, stage: str) -> SteelDataset:
-        hp = self.hparams
         transform = self._train_transform() if stage == "train" else build_transforms("val", shape=self.shape)
-        blackout = float(hp.blackout_p) if stage == "train" else 0.0
+        blackout = self.cfg.augment.blackout_p if stage == "train" else 0.0
         copy_paste = self.copy_paste if stage == "train" else None
         return SteelDataset(
             df,
@@ -295,17 +265,17 @@ class SteelDataModule(L.LightningDataModule):
             blackout_p=blackout,
             seed=self._seed,
             copy_paste=copy_paste,
-            defect_crop_p=float(hp.defect_crop_p) if stage == "train" else 0.0,
+            defect_crop_p=self.cfg.crop.defect_p if stage == "train" else 0.0,
             crop=self._crop_size(),
         )
 
     def _crop_size(self) -> tuple[int | None, int | None]:
         """The training crop ``(height, width)``: as configured for images of any size; for the fixed image
         shape, None along an axis the crop does not shrink."""
-        hp = self.hparams
+        crop = self.cfg.crop
         if self.shape is None:
-            return hp.crop_height, hp.crop_width
-        return self._crop(hp.crop_height, 0), self._crop(hp.crop_width, 1)
+            return crop.height, crop.width
+        return self._crop(crop.height, 0), self._crop(crop.width, 1)
 
     def _crop(self, crop: int | None, axis: int) -> int | None:
         """A crop size along ``axis`` of the fixed image shape (None: no crop along it)."""
@@ -313,22 +283,21 @@ class SteelDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets for ``stage`` (fit, validate, test; None = all)."""
-        hp = self.hparams
         if stage in (None, "fit", "validate", "test"):
             self._load()
         if stage in (None, "fit"):
-            self.train_dataset = self._dataset(self._part("train", hp.limit_train), "train")
+            self.train_dataset = self._dataset(self._part("train", self.cfg.limits.train), "train")
             self.pseudo_dataset = self._pseudo_dataset()
         if stage in (None, "fit", "validate"):
-            self.val_dataset = self._dataset(self._part("val", hp.limit_val), "val")
+            self.val_dataset = self._dataset(self._part("val", self.cfg.limits.val), "val")
         if stage in (None, "test"):
             has_test = "test" in split_parts(self.split)
             self.test_dataset = self._dataset(self._part("test"), "test") if has_test else None
 
     def _pseudo_dataset(self) -> SteelDataset | None:
         """The pseudo-labelled images (``data.pseudo_labels``), augmented like training; never validated on."""
-        hp = self.hparams
-        if not hp.pseudo_labels:
+        pseudo = self.cfg.pseudo
+        if not pseudo.labels:
             return None
         from steel_defect.data.pseudo_labels import read_pseudo_labels
 
@@ -336,19 +305,19 @@ class SteelDataModule(L.LightningDataModule):
             raise ValueError(
                 "data.pseudo_labels needs a fixed data.shape (the pseudo-label RLEs are checked against it)"
             )
-        images = Path(hp.pseudo_images) if hp.pseudo_images else self.root / hp.test_images
+        images = Path(pseudo.images) if pseudo.images else self.root / self.cfg.layout.test_images
         exclude = {part: set(ids) for part, ids in split_parts(self.split).items() if part != "train"}
         self.pseudo_frame = read_pseudo_labels(
-            hp.pseudo_labels, images, self.shape, exclude=exclude, num_classes=self.num_classes
+            pseudo.labels, images, self.shape, exclude=exclude, num_classes=self.num_classes
         )
         if self.pseudo_frame.empty:
-            raise ValueError(f"data.pseudo_labels: {hp.pseudo_labels} holds no images")
+            raise ValueError(f"data.pseudo_labels: {pseudo.labels} holds no images")
         log.info(
             "pseudo-labels: %d images from %s (%d with masks), %.0f%% of every training batch",
             len(self.pseudo_frame),
-            hp.pseudo_labels,
+            pseudo.labels,
             int((self.pseudo_frame[rle_columns(self.num_classes)] != "").any(axis=1).sum()),
-            100 * float(hp.pseudo_share),
+            100 * pseudo.share,
         )
         return SteelDataset(
             self.pseudo_frame, images, self._train_transform(), shape=self.shape, seed=self._seed + 1
@@ -364,18 +333,18 @@ class SteelDataModule(L.LightningDataModule):
     @property
     def val_size(self) -> int:
         """Number of validation images actually used (after ``limit_val``)."""
-        return len(self._part("val", self.hparams.limit_val))
+        return len(self._part("val", self.cfg.limits.val))
 
     @property
     def class_frequencies(self) -> dict[int, float]:
         """Class frequencies of the training part (0 = defect-free; see :func:`class_frequencies`)."""
         self._load()
-        return class_frequencies(self._part("train", self.hparams.limit_train))
+        return class_frequencies(self._part("train", self.cfg.limits.train))
 
     # ------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, shuffle: bool = False, sampler=None, collate_fn=None):
-        hp = self.hparams
-        workers = int(hp.num_workers)
+        loader = self.cfg.loader
+        workers = loader.num_workers
         batching: dict[str, Any] = {"batch_size": int(batch_size), "shuffle": shuffle, "sampler": sampler}
         if self.shape is None and isinstance(dataset, SteelDataset) and sampler is None:
             # evaluation of images of several sizes: one size per batch
@@ -386,8 +355,8 @@ class SteelDataModule(L.LightningDataModule):
             dataset,
             **batching,
             num_workers=workers,
-            pin_memory=bool(hp.pin_memory),
-            persistent_workers=bool(hp.persistent_workers) and workers > 0,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.persistent_workers and workers > 0,
             collate_fn=collate_fn,
         )
 
@@ -400,38 +369,38 @@ class SteelDataModule(L.LightningDataModule):
         """Shuffling (or, with ``oversample``, weighted) sampler seeded by (split seed, epoch)."""
         train = self._require(self.train_dataset, "fit", "train")
         weights = None
-        if self.oversample:
-            df = self._part("train", self.hparams.limit_train)
-            weights = oversample_weights(df, float(self.oversample.get("power", 0.5)))
+        if self.cfg.oversample is not None:
+            df = self._part("train", self.cfg.limits.train)
+            weights = oversample_weights(df, self.cfg.oversample.power)
         return EpochSampler(len(train), seed=self._seed, weights=weights)
 
     def train_dataloader(self) -> DataLoader:
         train = self._require(self.train_dataset, "fit", "train")
         if self.pseudo_dataset is None:
-            return self._loader(train, self.hparams.batch_size, sampler=self.train_sampler())
+            return self._loader(train, self.cfg.loader.batch_size, sampler=self.train_sampler())
         sampler = PseudoMixSampler(
             self.train_sampler(),
             len(self.pseudo_dataset),
-            int(self.hparams.batch_size),
-            float(self.hparams.pseudo_share),
+            self.cfg.loader.batch_size,
+            self.cfg.pseudo.share,
             seed=self._seed,
             world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
         return self._loader(
-            MixedDataset(train, self.pseudo_dataset), self.hparams.batch_size, sampler=sampler
+            MixedDataset(train, self.pseudo_dataset), self.cfg.loader.batch_size, sampler=sampler
         )
 
     def val_dataloader(self) -> DataLoader:
         val = self._require(self.val_dataset, "validate", "validation")
-        return self._loader(val, self.hparams.val_batch_size)
+        return self._loader(val, self.cfg.loader.val_batch_size)
 
     def tune_dataloader(self) -> DataLoader:
         """The whole validation part, ``limit_val`` or not: threshold tuning at fit end searches per-class
         gates, pixel thresholds and areas, which a few images per class would only overfit."""
         val = self._require(self.val_dataset, "validate", "validation")
-        if self.hparams.limit_val is not None:
+        if self.cfg.limits.val is not None:
             val = self._dataset(self._part("val"), "val")
-        return self._loader(val, self.hparams.val_batch_size)
+        return self._loader(val, self.cfg.loader.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_dataset is None and self.split is not None and "test" not in split_parts(self.split):
@@ -440,4 +409,4 @@ class SteelDataModule(L.LightningDataModule):
                 "use data/split=notebook for a held-out test set, or validate on the fold"
             )
         test = self._require(self.test_dataset, "test", "test")
-        return self._loader(test, self.hparams.val_batch_size)
+        return self._loader(test, self.cfg.loader.val_batch_size)

@@ -39,7 +39,11 @@ class SyntheticDataModule(SteelDataModule):
                 f"data.synthetic must be a mapping of generator arguments (n_train, n_test, seed, ...), got "
                 f"{synthetic!r}; for real data use data=severstal or data=folder"
             )
-        if self.hparams.layout != "kaggle" or self.shape is None or self.classes != list(SEVERSTAL_CLASSES):
+        if (
+            self.cfg.layout.layout != "kaggle"
+            or self.shape is None
+            or self.classes != list(SEVERSTAL_CLASSES)
+        ):
             raise ValueError(
                 "data.synthetic generates Severstal's kaggle layout with its four classes: use data=folder "
                 "or data=severstal for other layouts or classes"

@@ -222,85 +222,110 @@ def _speckle(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> 
     return cv2.GaussianBlur(f, (0, 0), max(0.5, sigma)) if sigma > 0.3 else f
 
 
-def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -> np.ndarray:
-    """The defect's intensity change (float32, the polygon's box) for class ``cls``."""
+def _draw_pits(
+    rng: np.random.Generator, g: _Geom, poly_mask: np.ndarray, inner: np.ndarray, sign: float
+) -> np.ndarray:
+    """Class 1: one to three specks filling much of the box, as on real sheets: a bright core, a shadow."""
     h, w = poly_mask.shape
     delta = np.zeros((h, w), np.float32)
-    inner = cv2.erode(poly_mask, np.ones((3, 3), np.uint8), iterations=max(1, round(2 * g.s))).astype(bool)
-    if not inner.any():
-        inner = poly_mask.astype(bool)
-    sign = 1.0 if rng.random() < 0.45 else -1.0
-    if cls == 1:  # one to three specks filling much of the box, as on real sheets: a bright core, a shadow
-        for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3]))):
-            cx = float(np.clip(rng.normal(w / 2, w / 8), 0, w - 1))
-            cy = float(np.clip(rng.normal(h / 2, h / 8), 0, h - 1))
-            ax = max(1.5 * g.sx, rng.uniform(0.08, 0.2) * w)
-            ay = max(2.0 * g.sy, rng.uniform(0.12, 0.28) * h)
-            angle = rng.normal(0.0, 15.0)
-            core = (round(cx), round(cy)), (max(1, round(ax)), max(1, round(ay)))
-            cv2.ellipse(delta, *core, angle, 0, 360, float(rng.uniform(50, 120)), -1, cv2.LINE_AA)
-            if rng.random() < 0.7:  # the dark side of the pit, above or below the bright core
-                dy = (1 if rng.random() < 0.5 else -1) * 0.9 * ay
-                shadow = (round(cx), round(cy + dy)), (max(1, round(ax * 0.8)), max(1, round(ay * 0.6)))
-                cv2.ellipse(delta, *shadow, angle, 0, 360, float(-rng.uniform(30, 80)), -1, cv2.LINE_AA)
-        rough = 0.6 + 0.4 * np.clip(_speckle(rng, (h, w), 1.0) + 0.5, 0.0, 1.0)  # no flat, saturated blobs
-        delta = delta * rough + _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(4, 12)) * inner
-        return cv2.GaussianBlur(delta, (0, 0), 0.7)
-    if cls == 2:  # a thin vertical mark in relief: a bright and a dark line side by side, in dashes
-        x = rng.uniform(0.35, 0.65) * w
-        wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 1.5) * g.sx)
-        thick = max(1, round(rng.uniform(1.5, 3.5) * g.sx))
-        y0, y1 = int(rng.uniform(0, 0.15) * h), int(h - rng.uniform(0, 0.15) * h)
-        xs = x + wobble[y0:y1]
-        side = 1.0 if rng.random() < 0.5 else -1.0
-        dashes = np.clip(_profile(rng, h, [h / 8.0, h / 30.0], [1.0, 0.6]) + 0.6, 0.15, 1.0)
-        amp = rng.uniform(50, 110)
-        for offset, sgn in ((0.0, 1.0), (side * (thick + 1.0), -1.0)):
-            pts = np.stack([np.round(xs + offset).astype(np.int32), np.arange(y0, y1, dtype=np.int32)], 1)
-            line = np.zeros((h, w), np.float32)
-            cv2.polylines(line, [pts.reshape(-1, 1, 2)], False, 1.0, thick, cv2.LINE_AA)
-            delta += line * dashes[:, None] * np.float32(sgn * amp)
-        delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
-        return cv2.GaussianBlur(delta, (0, 0), 0.6)
-    if cls == 3 and h >= 2 * w:  # tall: scratches along the rolling direction (vertical lines)
-        for _ in range(int(rng.choice([1, 1, 2, 3]))):
-            x = rng.uniform(0.3, 0.7) * w
-            wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 2.5) * g.sx)
-            thick = max(1, round(rng.uniform(1.0, 4.5) * g.sx))
-            y0 = int(rng.uniform(0, 0.25) * h)
-            y1 = int(h - rng.uniform(0, 0.25) * h)
-            xs = np.round(x + wobble[y0:y1]).astype(np.int32)
-            pts = np.stack([xs, np.arange(y0, y1, dtype=np.int32)], 1).reshape(-1, 1, 2)
-            amp = sign * rng.uniform(35, 90)
-            line = np.zeros((h, w), np.float32)
-            cv2.polylines(line, [pts], False, 1.0, thick, cv2.LINE_AA)
-            fade = 0.5 + 0.5 * np.clip(_profile(rng, h, [h / 3.0], [1.0]) * 0.5 + 0.5, 0, 1)
-            delta += line * fade[:, None] * np.float32(amp)
-        delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
-        return cv2.GaussianBlur(delta, (0, 0), 0.6)
-    if cls == 3:  # wide: a rough bright/dark patch with streaks along the height
-        rough = field(rng, h, w, max(2, h // max(1, round(20 * g.sy))), max(2, w // max(1, round(5 * g.sx))))
-        region = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), 1.5)
-        amp = rng.uniform(20, 55)
-        delta += region * (np.float32(sign * amp * 0.6) + rough * np.float32(amp * 0.7))
-        delta += _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(6, 16)) * region
-        # bright scratch strokes across the patch, as on real class-3 patches
-        strokes = np.zeros((h, w), np.float32)
-        for _ in range(int(rng.integers(0, 8))):
-            x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
-            length, angle = rng.uniform(0.2, 0.6) * w, rng.normal(0.0, 0.25)
-            x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
-            thick = max(1, round(rng.uniform(1.0, 3.5) * g.s))
-            cv2.line(
-                strokes,
-                (int(x0), int(y0)),
-                (int(x1), int(y1)),
-                float(rng.uniform(50, 120)),
-                thick,
-                cv2.LINE_AA,
-            )
-        return delta + cv2.GaussianBlur(strokes, (0, 0), 0.7) * region
-    # class 4: a dark rough pit region with a bright, speckled rim
+    for _ in range(int(rng.choice([1, 1, 1, 2, 2, 3]))):
+        cx = float(np.clip(rng.normal(w / 2, w / 8), 0, w - 1))
+        cy = float(np.clip(rng.normal(h / 2, h / 8), 0, h - 1))
+        ax = max(1.5 * g.sx, rng.uniform(0.08, 0.2) * w)
+        ay = max(2.0 * g.sy, rng.uniform(0.12, 0.28) * h)
+        angle = rng.normal(0.0, 15.0)
+        core = (round(cx), round(cy)), (max(1, round(ax)), max(1, round(ay)))
+        cv2.ellipse(delta, *core, angle, 0, 360, float(rng.uniform(50, 120)), -1, cv2.LINE_AA)
+        if rng.random() < 0.7:  # the dark side of the pit, above or below the bright core
+            dy = (1 if rng.random() < 0.5 else -1) * 0.9 * ay
+            shadow = (round(cx), round(cy + dy)), (max(1, round(ax * 0.8)), max(1, round(ay * 0.6)))
+            cv2.ellipse(delta, *shadow, angle, 0, 360, float(-rng.uniform(30, 80)), -1, cv2.LINE_AA)
+    rough = 0.6 + 0.4 * np.clip(_speckle(rng, (h, w), 1.0) + 0.5, 0.0, 1.0)  # no flat, saturated blobs
+    delta = delta * rough + _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(4, 12)) * inner
+    return cv2.GaussianBlur(delta, (0, 0), 0.7)
+
+
+def _draw_relief_line(
+    rng: np.random.Generator, g: _Geom, poly_mask: np.ndarray, inner: np.ndarray, sign: float
+) -> np.ndarray:
+    """Class 2: a thin vertical mark in relief: a bright and a dark line side by side, in dashes."""
+    h, w = poly_mask.shape
+    delta = np.zeros((h, w), np.float32)
+    x = rng.uniform(0.35, 0.65) * w
+    wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 1.5) * g.sx)
+    thick = max(1, round(rng.uniform(1.5, 3.5) * g.sx))
+    y0, y1 = int(rng.uniform(0, 0.15) * h), int(h - rng.uniform(0, 0.15) * h)
+    xs = x + wobble[y0:y1]
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    dashes = np.clip(_profile(rng, h, [h / 8.0, h / 30.0], [1.0, 0.6]) + 0.6, 0.15, 1.0)
+    amp = rng.uniform(50, 110)
+    for offset, sgn in ((0.0, 1.0), (side * (thick + 1.0), -1.0)):
+        pts = np.stack([np.round(xs + offset).astype(np.int32), np.arange(y0, y1, dtype=np.int32)], 1)
+        line = np.zeros((h, w), np.float32)
+        cv2.polylines(line, [pts.reshape(-1, 1, 2)], False, 1.0, thick, cv2.LINE_AA)
+        delta += line * dashes[:, None] * np.float32(sgn * amp)
+    delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
+    return cv2.GaussianBlur(delta, (0, 0), 0.6)
+
+
+def _draw_scratches(
+    rng: np.random.Generator, g: _Geom, poly_mask: np.ndarray, inner: np.ndarray, sign: float
+) -> np.ndarray:
+    """Class 3, tall: scratches along the rolling direction (vertical lines)."""
+    h, w = poly_mask.shape
+    delta = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.choice([1, 1, 2, 3]))):
+        x = rng.uniform(0.3, 0.7) * w
+        wobble = _profile(rng, h, [h / 2.0], [1.0]) * np.float32(rng.uniform(0, 2.5) * g.sx)
+        thick = max(1, round(rng.uniform(1.0, 4.5) * g.sx))
+        y0 = int(rng.uniform(0, 0.25) * h)
+        y1 = int(h - rng.uniform(0, 0.25) * h)
+        xs = np.round(x + wobble[y0:y1]).astype(np.int32)
+        pts = np.stack([xs, np.arange(y0, y1, dtype=np.int32)], 1).reshape(-1, 1, 2)
+        amp = sign * rng.uniform(35, 90)
+        line = np.zeros((h, w), np.float32)
+        cv2.polylines(line, [pts], False, 1.0, thick, cv2.LINE_AA)
+        fade = 0.5 + 0.5 * np.clip(_profile(rng, h, [h / 3.0], [1.0]) * 0.5 + 0.5, 0, 1)
+        delta += line * fade[:, None] * np.float32(amp)
+    delta += _speckle(rng, (h, w), 0.8) * np.float32(rng.uniform(3, 10)) * inner
+    return cv2.GaussianBlur(delta, (0, 0), 0.6)
+
+
+def _draw_patch(
+    rng: np.random.Generator, g: _Geom, poly_mask: np.ndarray, inner: np.ndarray, sign: float
+) -> np.ndarray:
+    """Class 3, wide: a rough bright/dark patch with streaks along the height."""
+    h, w = poly_mask.shape
+    delta = np.zeros((h, w), np.float32)
+    rough = field(rng, h, w, max(2, h // max(1, round(20 * g.sy))), max(2, w // max(1, round(5 * g.sx))))
+    region = cv2.GaussianBlur(inner.astype(np.float32), (0, 0), 1.5)
+    amp = rng.uniform(20, 55)
+    delta += region * (np.float32(sign * amp * 0.6) + rough * np.float32(amp * 0.7))
+    delta += _speckle(rng, (h, w), 0.7) * np.float32(rng.uniform(6, 16)) * region
+    # bright scratch strokes across the patch, as on real class-3 patches
+    strokes = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(0, 8))):
+        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+        length, angle = rng.uniform(0.2, 0.6) * w, rng.normal(0.0, 0.25)
+        x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
+        thick = max(1, round(rng.uniform(1.0, 3.5) * g.s))
+        cv2.line(
+            strokes,
+            (int(x0), int(y0)),
+            (int(x1), int(y1)),
+            float(rng.uniform(50, 120)),
+            thick,
+            cv2.LINE_AA,
+        )
+    return delta + cv2.GaussianBlur(strokes, (0, 0), 0.7) * region
+
+
+def _draw_rough_pit(
+    rng: np.random.Generator, g: _Geom, poly_mask: np.ndarray, inner: np.ndarray, sign: float
+) -> np.ndarray:
+    """Class 4: a dark rough pit region with a bright, speckled rim."""
+    h, w = poly_mask.shape
+    delta = np.zeros((h, w), np.float32)
     core = cv2.erode(poly_mask, np.ones((3, 3), np.uint8), iterations=max(1, round(4 * g.s)))
     if not core.any():
         core = inner.astype(np.uint8)
@@ -317,6 +342,24 @@ def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -
         * np.float32(rng.uniform(20, 70))
     )
     return delta
+
+
+def _draw(rng: np.random.Generator, cls: int, g: _Geom, poly_mask: np.ndarray) -> np.ndarray:
+    """The defect's intensity change (float32, the polygon's box) for class ``cls``."""
+    h, w = poly_mask.shape
+    inner = cv2.erode(poly_mask, np.ones((3, 3), np.uint8), iterations=max(1, round(2 * g.s))).astype(bool)
+    if not inner.any():
+        inner = poly_mask.astype(bool)
+    sign = 1.0 if rng.random() < 0.45 else -1.0
+    if cls == 1:
+        draw = _draw_pits
+    elif cls == 2:
+        draw = _draw_relief_line
+    elif cls == 3:
+        draw = _draw_scratches if h >= 2 * w else _draw_patch
+    else:
+        draw = _draw_rough_pit
+    return draw(rng, g, poly_mask, inner, sign)
 
 
 def _place(

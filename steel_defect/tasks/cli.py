@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: The checkout's Hydra config folder (conf/ beside the steel_defect package).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from steel_defect.config import CONF_DIR
+
+__all__ = ["CONF_DIR", "conf_dir", "predict_main", "train_main"]
 
 
 def conf_dir(config_name: str, conf: Path | None = None) -> Path:

@@ -7,12 +7,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from steel_defect.tasks.config import parse_config
+from steel_defect.tasks.config import TASKS, parse_config
 from steel_defect.tasks.export import run_export, run_quantize
 from steel_defect.tasks.outputs import check_task_outputs
 from steel_defect.tasks.predict import run_predict
 from steel_defect.tasks.pseudo import run_pseudo
 from steel_defect.tasks.tune import run_tune, run_tune_oof
+
+__all__ = ["TASKS", "predict_job", "run"]
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
