@@ -329,7 +329,7 @@ def test_run_kernel_passes_its_settings_through_like_predict_py_with_and_without
 ):
     """run_kernel (what kernel.py calls after installing) == predict.py's run() on the same bundle files.
 
-    Both end in Predictor.load + predict_images, so for the torch engine the submissions agree by
+    Both end in load_predictor + predict_images, so for the torch engine the submissions agree by
     construction: what this checks is the settings plumbing (bundle-relative checkpoints and thresholds,
     tta, batch size, the image gate) from the kernel's settings to the predictor."""
     from steel_defect.models.checkpoint import load_net_from_checkpoint
@@ -582,7 +582,7 @@ def test_onnx_kernel_in_fresh_venv_without_torch_matches_predict_py(onnx_bundle,
     hidden = ["torch", "timm", "segmentation-models-pytorch", "lightning", "hydra-core", "torchmetrics"]
     python, work, kernel, _ = run_kernel_offline(onnx_bundle, tmp_path, hidden)
     manifest = json.loads((onnx_bundle / MANIFEST_NAME).read_text())
-    assert "ONNX Runtime" in kernel.stdout
+    assert "onnxruntime engine" in kernel.stdout
     probe = subprocess.run(
         [
             str(python),

@@ -137,7 +137,7 @@ def test_tuned_thresholds_agree_to_a_float_ulp(exported, tmp_path):
     ort.params = params
     reference = Predictor.load(onnx, thresholds="raw", runtime="onnx", device="cpu")
     x = np.stack([cv2.cvtColor(cv2.imread(str(images / f"t{i}.png")), cv2.COLOR_BGR2RGB) for i in (0, 2)])
-    ours = np.stack([m for m, _ in ort.predict(list(x))])
+    ours = np.stack([p.masks for p in ort.predict(list(x))])
     mp, cp, ip = reference.probabilities(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255)
     theirs = postprocess(mp.numpy(), cp.numpy(), params, image_probs=ip.numpy())
     assert ours.any() and (ours != theirs).mean() < 1e-4

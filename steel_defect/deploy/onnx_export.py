@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,35 +99,8 @@ def export_onnx(
         raise ValueError(f"export opset must be an integer in [13, 21], got {opset!r}")
     stride = _output_stride(net)
     height, width = _check_size("height", height, stride), _check_size("width", width, stride)
-    config = getattr(net, "config", None)
-    image_head = bool(getattr(net, "image_head", False))
-    outputs = [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME] if image_head else list(OUTPUT_NAMES)
-    classes = int(config["classes"]) if isinstance(config, Mapping) and "classes" in config else None
-    channels = int(config["in_channels"]) if isinstance(config, Mapping) and "in_channels" in config else 3
-    metadata = _jsonable(
-        {
-            "format_version": FORMAT_VERSION,
-            "net": dict(config) if isinstance(config, Mapping) else None,
-            "classes": classes,
-            "in_channels": channels,
-            "height": height,
-            "width": None if dynamic_width else width,
-            "traced_width": width,
-            "dynamic_width": bool(dynamic_width),
-            "output_stride": stride,
-            "input": INPUT_NAME,
-            "outputs": outputs,
-            "image_head": image_head,
-            "opset": opset,
-            "torch": torch.__version__,
-            "steel_defect": __version__,
-            "meta": dict(meta) if meta is not None else None,
-        }
-    )
-    axes_in = {0: "batch", 3: "width"} if dynamic_width else {0: "batch"}
-    dynamic_axes = {INPUT_NAME: axes_in, OUTPUT_NAMES[0]: dict(axes_in), OUTPUT_NAMES[1]: {0: "batch"}}
-    if image_head:
-        dynamic_axes[IMAGE_OUTPUT_NAME] = {0: "batch"}
+    metadata = export_metadata(net, height, width, opset, dynamic_width, meta)
+    outputs, channels = metadata["outputs"], metadata["in_channels"]
     # Trace with batch 2 so that no batch-1 special case is baked into the graph.
     dummy = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
     device = next(iter(net.parameters()), torch.empty(0)).device
@@ -138,25 +111,9 @@ def export_onnx(
             cpu_net = net.to("cpu")
 
             def write(tmp: str) -> None:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-                    warnings.filterwarnings("ignore", message=".*feature will be removed.*")
-                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                    torch.onnx.export(
-                        cpu_net,
-                        (dummy,),
-                        tmp,
-                        dynamo=False,
-                        input_names=[INPUT_NAME],
-                        output_names=outputs,
-                        opset_version=opset,
-                        dynamic_axes=dynamic_axes,
-                        do_constant_folding=True,
-                    )
+                _trace(cpu_net, dummy, tmp, outputs, opset, _dynamic_axes(outputs, dynamic_width))
                 model = onnx.load(tmp)
-                entry = model.metadata_props.add()
-                entry.key, entry.value = METADATA_KEY, json.dumps(metadata, sort_keys=True)
-                model.producer_name = "steel-defect"
+                set_metadata(model, metadata)
                 model.producer_version = __version__
                 onnx.checker.check_model(model, full_check=True)
                 onnx.save(model, tmp)
@@ -164,19 +121,99 @@ def export_onnx(
             path = atomic_save(path, write)
             if verify:
                 widths = [width, width + 2 * stride] if dynamic_width else [width]
-                for w in widths:
-                    x = torch.rand(2, channels, height, w, generator=torch.Generator().manual_seed(w))
-                    gap = compare_with_torch(cpu_net, OnnxNet(path), x)
-                    if max(gap.values()) > PROB_TOLERANCE:
-                        path.unlink()
-                        raise RuntimeError(
-                            f"ONNX export {path} disagrees with torch at width {w}: max probability gaps {gap} "
-                            f"> {PROB_TOLERANCE}; the file was removed"
-                        )
+                _verify(cpu_net, path, channels, height, widths)
     finally:
         net.to(device)
         net.train(was_training)
     return path
+
+
+def export_metadata(
+    net: nn.Module,
+    height: int,
+    width: int,
+    opset: int,
+    dynamic_width: bool,
+    meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``steel_defect`` metadata :func:`export_onnx` stores for ``net`` (plain JSON values)."""
+    config = getattr(net, "config", None)
+    image_head = bool(getattr(net, "image_head", False))
+    classes = int(config["classes"]) if isinstance(config, Mapping) and "classes" in config else None
+    channels = int(config["in_channels"]) if isinstance(config, Mapping) and "in_channels" in config else 3
+    return _jsonable(
+        {
+            "format_version": FORMAT_VERSION,
+            "net": dict(config) if isinstance(config, Mapping) else None,
+            "classes": classes,
+            "in_channels": channels,
+            "height": height,
+            "width": None if dynamic_width else width,
+            "traced_width": width,
+            "dynamic_width": bool(dynamic_width),
+            "output_stride": _output_stride(net),
+            "input": INPUT_NAME,
+            "outputs": [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME] if image_head else list(OUTPUT_NAMES),
+            "image_head": image_head,
+            "opset": opset,
+            "torch": torch.__version__,
+            "steel_defect": __version__,
+            "meta": dict(meta) if meta is not None else None,
+        }
+    )
+
+
+def set_metadata(model: Any, metadata: Mapping[str, Any]) -> None:
+    """Store ``metadata`` as the ONNX ``model``'s ``steel_defect`` entry (replacing any, keeping the other
+    ``metadata_props`` in order) and name this project as its producer."""
+    props = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in [*props, (METADATA_KEY, json.dumps(dict(metadata), sort_keys=True))]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "steel-defect"
+
+
+def _dynamic_axes(outputs: list[str], dynamic_width: bool) -> dict[str, dict[int, str]]:
+    axes_in = {0: "batch", 3: "width"} if dynamic_width else {0: "batch"}
+    dynamic_axes = {INPUT_NAME: axes_in, OUTPUT_NAMES[0]: dict(axes_in), OUTPUT_NAMES[1]: {0: "batch"}}
+    if IMAGE_OUTPUT_NAME in outputs:
+        dynamic_axes[IMAGE_OUTPUT_NAME] = {0: "batch"}
+    return dynamic_axes
+
+
+def _trace(
+    net: nn.Module, dummy: torch.Tensor, tmp: str, outputs: list[str], opset: int, dynamic_axes: dict
+) -> None:
+    """torch's (TorchScript) ONNX export of ``net`` to ``tmp``, without its deprecation chatter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            net,
+            (dummy,),
+            tmp,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _verify(net: nn.Module, path: Path, channels: int, height: int, widths: Sequence[int]) -> None:
+    """Remove ``path`` and raise unless its probabilities match ``net``'s at every width."""
+    for w in widths:
+        x = torch.rand(2, channels, height, w, generator=torch.Generator().manual_seed(w))
+        gap = compare_with_torch(net, OnnxNet(path), x)
+        if max(gap.values()) > PROB_TOLERANCE:
+            path.unlink()
+            raise RuntimeError(
+                f"ONNX export {path} disagrees with torch at width {w}: max probability gaps {gap} "
+                f"> {PROB_TOLERANCE}; the file was removed"
+            )
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -17,7 +17,6 @@ it was made; ``runtime=int8`` accepts only such a model. The Dice change is meas
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -26,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from steel_defect.deploy.onnx_export import read_onnx_metadata
-from steel_defect.inference.onnx_model import METADATA_KEY, require_onnx, require_ort
+from steel_defect.deploy.onnx_export import read_onnx_metadata, set_metadata
+from steel_defect.inference.onnx_model import require_onnx, require_ort
 from steel_defect.io import atomic_save
 
 __all__ = ["calibration_crops", "is_quantized", "quantize_onnx"]
@@ -91,15 +90,37 @@ def quantize_onnx(
     quantised) that accepts ``crop_width``-wide inputs (dynamic width, or exported at that width).
     """
     onnx, ort = require_onnx(), require_ort()
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     src, out = Path(src), Path(out)
+    meta = _source_metadata(src, crops, crop_width)
+    height = int(meta["height"])
+    quantization = {
+        "method": "ONNX Runtime static QDQ: weights int8"
+        + (" per channel" if per_channel else "")
+        + ", activations uint8, MinMax calibration",
+        "calibration": {
+            "crops": crops,
+            "crop_width": crop_width,
+            "height": height,
+            "seed": seed,
+            "images": len(images),
+        },
+        "source": src.name,
+    }
+    reader = _reader(str(meta.get("input", "image")), list(images), crops, height, crop_width, seed)
+    ort.set_default_logger_severity(3)  # the calibration session warns about every unused initializer
+    with tempfile.TemporaryDirectory(prefix="steel-quantize-") as tmp:
+        quantized = Path(tmp) / "model.int8.onnx"
+        try:
+            _quantize_static(src, quantized, reader, per_channel)
+        finally:
+            ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+        model = onnx.load(str(quantized))
+        set_metadata(model, {**meta, "quantization": quantization})
+        return atomic_save(out, lambda path: onnx.save(model, path))
+
+
+def _source_metadata(src: Path, crops: int, crop_width: int) -> dict[str, Any]:
+    """The metadata of the model to quantise, after checking it and the calibration settings."""
     if src.suffix != ".onnx":
         raise ValueError(
             f"task=quantize takes an exported ONNX model (python predict.py task=export ckpt=... "
@@ -123,57 +144,34 @@ def quantize_onnx(
         )
     if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1:
         raise ValueError(f"quantize.crops must be a positive integer, got {crops!r}")
-    height = int(meta["height"])
-    input_name = str(meta.get("input", "image"))
+    return meta
+
+
+def _reader(input_name: str, images: list, crops: int, height: int, crop_width: int, seed: int) -> Any:
+    """ONNX Runtime's calibration data reader over :func:`calibration_crops`."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.crops = calibration_crops(list(images), crops, height, crop_width, seed)
+            self.crops = calibration_crops(images, crops, height, crop_width, seed)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             crop = next(self.crops, None)
             return None if crop is None else {input_name: crop}
 
-    quantization = {
-        "method": "ONNX Runtime static QDQ: weights int8"
-        + (" per channel" if per_channel else "")
-        + ", activations uint8, MinMax calibration",
-        "calibration": {
-            "crops": crops,
-            "crop_width": crop_width,
-            "height": height,
-            "seed": seed,
-            "images": len(images),
-        },
-        "source": src.name,
-    }
-    ort.set_default_logger_severity(3)  # the calibration session warns about every unused initializer
-    with tempfile.TemporaryDirectory(prefix="steel-quantize-") as tmp:
-        quantized = Path(tmp) / "model.int8.onnx"
-        try:
-            quantize_static(
-                str(src),
-                str(quantized),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=bool(per_channel),
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-        finally:
-            ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
-        model = onnx.load(str(quantized))
-        props = {p.key: p.value for p in model.metadata_props}
-        del model.metadata_props[:]
-        for key, value in props.items():
-            if key != METADATA_KEY:
-                entry = model.metadata_props.add()
-                entry.key, entry.value = key, value
-        entry = model.metadata_props.add()
-        entry.key, entry.value = (
-            METADATA_KEY,
-            json.dumps({**meta, "quantization": quantization}, sort_keys=True),
-        )
-        model.producer_name = "steel-defect"
-        return atomic_save(out, lambda path: onnx.save(model, path))
+    return Reader()
+
+
+def _quantize_static(src: Path, dst: Path, reader: Any, per_channel: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=bool(per_channel),
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )

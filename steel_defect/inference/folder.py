@@ -1,5 +1,7 @@
 """A folder of images -> a submission csv (and, with labels, an evaluation): :func:`predict_images`,
-:func:`read_labels`. Used by predict.py's tasks, the Kaggle kernel and the benchmarks."""
+:func:`read_labels`. THE folder -> submission loop, for any engine
+(:class:`~steel_defect.inference.engine.Inferencer`): used by predict.py's tasks, the Kaggle kernel (torch and
+ONNX-only: nothing here imports torch, and rich only when it is installed) and the benchmarks."""
 
 from __future__ import annotations
 
@@ -12,25 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from steel_defect import NUM_CLASSES
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.engine import ImagePrediction, Inferencer
 from steel_defect.submission import run_summary, write_submission
 
 log = logging.getLogger(__name__)
 
 
 def progress_bar(console: Any):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A rich progress bar on ``console``; a silent stand-in where rich is not installed (the ONNX-only
+    kernel's fresh environment)."""
+    try:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+    except ImportError:
+        return _NoProgress()
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -43,15 +48,33 @@ def progress_bar(console: Any):
     )
 
 
-def stderr_console():
-    from rich.console import Console
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def stderr_console():
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
     return Console(stderr=True)
 
 
-def _image_uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) float [0, 1] -> (H, W, 3) uint8 (exact for images that were uint8 / 255)."""
-    return image.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def _image_uint8(image: Any) -> np.ndarray:
+    """(3, H, W) float [0, 1] (a tensor or an array) -> (H, W, 3) uint8 (exact for images that were uint8 / 255)."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    array = np.clip(np.round(array.astype(np.float32) * np.float32(255.0)), 0, 255)
+    return array.astype(np.uint8).transpose(1, 2, 0)
 
 
 def read_labels(
@@ -117,7 +140,7 @@ class _Evaluation:
 
 
 def predict_images(
-    predictor: Predictor,
+    predictor: Inferencer,
     source: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     fmt: str = "current",
@@ -128,66 +151,82 @@ def predict_images(
     overlays_dir: str | os.PathLike = "overlays",
     console: Any = None,
 ) -> dict[str, Any]:
-    """Predict every image of ``source`` (a folder, sorted by name, or a list of files) into a submission.
+    """Predict every image of ``source`` (a folder, sorted by name, or a list of files) into a submission,
+    with any engine (its :meth:`~steel_defect.inference.engine.Inferencer.predict_source`).
 
     Streams: each batch is post-processed and RLE-encoded at once, so memory does not grow with the number
     of images. Unreadable images get empty masks, a warning and a count. Every image is predicted at its
     own size (padded to the stride). With ``labels`` (a csv), also scores every image (``evaluation`` in the
-    returned summary). The first ``overlays`` readable images are drawn to ``overlays_dir`` as PNG.
+    returned summary). The first ``overlays`` readable images are drawn to ``overlays_dir`` as PNG. The
+    summary names the thresholds' source (``thresholds``).
     """
-    from steel_defect.report import evaluation_report, render_overlay, save_overlay
-
-    loader = predictor.loader(source, batch_size, num_workers)
-    dataset = loader.dataset
-    truth = None if labels is None else read_labels(labels, dataset.image_ids, predictor.num_classes)
-    console = console if console is not None else stderr_console()
-    evaluation = _Evaluation() if truth is not None else None
-    unreadable: list[str] = []
-    nonempty = np.zeros(predictor.num_classes, dtype=np.int64)
-    written: list[Path] = []
+    image_ids, predictions = predictor.predict_source(source, batch_size, num_workers)
+    truth = None if labels is None else read_labels(labels, image_ids, predictor.num_classes)
+    run = _FolderRun(predictor, truth, overlays, Path(overlays_dir))
     start = time.perf_counter()
-
-    with progress_bar(console) as progress:
-        task = progress.add_task("predict" if truth is None else "evaluate", total=len(dataset), rate="")
+    with progress_bar(console if console is not None else stderr_console()) as progress:
+        task = progress.add_task("predict" if truth is None else "evaluate", total=len(image_ids), rate="")
 
         def rows() -> Iterator[tuple[str, list[str]]]:
-            done = 0
-            for pred in predictor.iter_loader(loader):
-                if not pred.ok:
-                    unreadable.append(pred.image_id)
-                    log.warning("unreadable image %s: written with empty masks", pred.image_id)
-                else:
-                    nonempty[:] += pred.masks.reshape(len(pred.masks), -1).any(axis=1)
-                true_masks = None
-                if evaluation is not None:
-                    shape = None if pred.masks is None else pred.masks.shape[-2:]
-                    true_masks = evaluation.add(pred.image_id, pred.masks, truth[pred.image_id], shape)
-                if pred.ok and len(written) < overlays:
-                    picture = render_overlay(
-                        _image_uint8(pred.image),
-                        pred.masks,
-                        pred.class_probs,
-                        pred.image_id,
-                        true_masks=true_masks,
-                        class_names=predictor.classes,
-                    )
-                    written.append(
-                        save_overlay(Path(overlays_dir) / f"{Path(pred.image_id).stem}.png", picture)
-                    )
-                yield pred.image_id, pred.rles
-                done += 1
+            for done, pred in enumerate(predictions, 1):
+                yield pred.image_id, run.add(pred)
                 elapsed = time.perf_counter() - start
                 progress.update(task, advance=1, rate=f"{done / elapsed:.2f} img/s" if elapsed > 0 else "")
 
         count = write_submission(rows(), out, fmt, num_classes=predictor.num_classes)
     seconds = time.perf_counter() - start
-    summary = run_summary(out, fmt, count, seconds, predictor.classes, nonempty, unreadable, written)
-    if evaluation is not None:
+    summary = run_summary(
+        out, fmt, count, seconds, predictor.classes, run.nonempty, run.unreadable, run.written
+    )
+    if run.evaluation is not None:
+        from steel_defect.report import evaluation_report
+
         summary["evaluation"] = evaluation_report(
-            np.stack(evaluation.dice),
-            np.stack(evaluation.pred),
-            np.stack(evaluation.true),
-            len(unreadable),
+            np.stack(run.evaluation.dice),
+            np.stack(run.evaluation.pred),
+            np.stack(run.evaluation.true),
+            len(run.unreadable),
             class_names=predictor.classes,
         )
+    summary["thresholds"] = predictor.source
     return summary
+
+
+class _FolderRun:
+    """What :func:`predict_images` counts per image: unreadable images, non-empty masks per class, the
+    evaluation (with labels) and the overlays written."""
+
+    def __init__(
+        self, predictor: Inferencer, truth: dict[str, list[str]] | None, overlays: int, overlays_dir: Path
+    ) -> None:
+        self.classes = predictor.classes
+        self.truth, self.overlays, self.overlays_dir = truth, overlays, overlays_dir
+        self.evaluation = _Evaluation() if truth is not None else None
+        self.unreadable: list[str] = []
+        self.nonempty = np.zeros(predictor.num_classes, dtype=np.int64)
+        self.written: list[Path] = []
+
+    def add(self, pred: ImagePrediction) -> list[str]:
+        """Count one prediction; returns its RLEs."""
+        if not pred.ok:
+            self.unreadable.append(pred.image_id)
+            log.warning("unreadable image %s: written with empty masks", pred.image_id)
+        else:
+            self.nonempty += pred.masks.reshape(len(pred.masks), -1).any(axis=1)
+        true_masks = None
+        if self.evaluation is not None:
+            shape = None if pred.masks is None else pred.masks.shape[-2:]
+            true_masks = self.evaluation.add(pred.image_id, pred.masks, self.truth[pred.image_id], shape)
+        if pred.ok and len(self.written) < self.overlays and pred.image is not None:
+            from steel_defect.report import render_overlay, save_overlay
+
+            picture = render_overlay(
+                _image_uint8(pred.image),
+                pred.masks,
+                pred.class_probs,
+                pred.image_id,
+                true_masks=true_masks,
+                class_names=self.classes,
+            )
+            self.written.append(save_overlay(self.overlays_dir / f"{Path(pred.image_id).stem}.png", picture))
+        return pred.rles

@@ -115,48 +115,40 @@ def weights_fingerprint(
 
 
 class OrtModel:
-    """One exported model: an ONNX Runtime session plus its ``steel_defect`` metadata."""
+    """One exported model: THE ONNX Runtime session of this project (the torch-free engine runs it directly,
+    :class:`~steel_defect.inference.onnx_net.OnnxNet` adapts it to torch) plus its ``steel_defect`` metadata.
+
+    ``threads`` sets ONNX Runtime's intra-op thread pool (None: its default); ``providers`` defaults to
+    ``["CPUExecutionProvider"]``, with CUDA first when onnxruntime has it and ``device`` is a cuda device.
+    """
 
     def __init__(
-        self, path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        device: str = "cpu",
     ):
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError(
-                'ONNX-only inference needs onnxruntime: pip install "steel-defect[onnx]"'
-            ) from err
+        ort = require_ort()
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(
-                f"ONNX model not found: {self.path} (write one with predict.py task=export)"
+                f"ONNX model not found: {self.path} (write one with: python predict.py task=export ckpt=...)"
             )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
         # One read: the session runs, and the fingerprint hashes, the very same bytes.
         data = self.path.read_bytes()
-        try:
-            self.session = ort.InferenceSession(
-                data, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as err:  # noqa: BLE001 (InvalidProtobuf, Fail, InvalidGraph, RecursionError, ...)
-            raise ValueError(
-                f"{self.path}: not a valid ONNX model ({type(err).__name__}: {str(err)[:300]}); "
-                "export one with python predict.py task=export ckpt=..."
-            ) from err
+        self.session = _session(
+            ort, self.path, data, _options(ort, threads), _providers(ort, providers, device)
+        )
         self.meta = parse_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
         #: the hash of the weights this session runs (None without the onnx package); the metadata's
         #: ``fingerprint`` is only what the export claimed for its source checkpoint
         self.weights_fingerprint = weights_fingerprint(data, self.path)
-        names = [o.name for o in self.session.get_outputs()]
-        if names not in (list(OUTPUT_NAMES), [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME]):
-            raise ValueError(f"{self.path}: unexpected outputs {names}")
-        self.output_names = names
-        self.image_head = len(names) == 3
+        self.output_names = _check_io(self.path, self.session)
+        self.image_head = len(self.output_names) == 3
         self.height = int(self.meta["height"])
         self.width = None if self.meta["dynamic_width"] else int(self.meta["width"])
+        self.in_channels = int(self.meta.get("in_channels", 3))
         self.output_stride = int(self.meta.get("output_stride", 32))
         #: The exported checkpoint's meta, with the class names filled in as ``load_nets`` does.
         self.inner = dict(self.meta.get("meta") or {})
@@ -168,18 +160,71 @@ class OrtModel:
     def classes(self) -> list[str]:
         return [str(c) for c in self.inner["classes"]]
 
+    @property
+    def source_fingerprint(self) -> str | None:
+        """Fingerprint of the checkpoint this model was exported from (see :mod:`steel_defect.fingerprint`)."""
+        return self.inner.get("fingerprint")
+
+    def check_size(self, h: int, w: int) -> None:
+        """ValueError unless an (h, w) input fits the exported height, fixed width and output stride."""
+        if h != self.height:
+            raise ValueError(
+                f"{self.path} was exported for height {self.height}, got images {h} high (input height {h}, "
+                f"after padding to the stride); re-export it with export.height={h}"
+            )
+        if self.width is not None and w != self.width:
+            raise ValueError(
+                f"{self.path} was exported for the fixed width {self.width}, got input width {w}; re-export "
+                f"with export.width={w} or export.dynamic_width=true"
+            )
+        if w % self.output_stride:
+            raise ValueError(f"input width {w} is not a multiple of the output stride {self.output_stride}")
+
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """float32 (B, 3, H, W) in [0, 1] -> the logits (mask, class[, image])."""
-        if x.shape[2] != self.height:
-            raise ValueError(
-                f"{self.path} was exported for height {self.height}, got images {x.shape[2]} high (after padding "
-                f"to the stride); re-export it with export.height={x.shape[2]}"
-            )
-        if self.width is not None and x.shape[3] != self.width:
-            raise ValueError(
-                f"{self.path} takes only width {self.width} (re-export with export.dynamic_width=true), got {x.shape[3]}"
-            )
+        self.check_size(int(x.shape[2]), int(x.shape[3]))
         return self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+
+
+def _options(ort: Any, threads: int | None) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: graph clean-up notices are not the user's business
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"intra_op_threads must be a non-negative integer or None, got {threads!r}")
+        options.intra_op_num_threads = threads
+    return options
+
+
+def _providers(ort: Any, providers: Sequence[str] | None, device: str) -> list[str]:
+    if providers is not None:
+        return list(providers)
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(ort: Any, path: Path, data: bytes, options: Any, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
+    except Exception as err:  # noqa: BLE001 (InvalidProtobuf, Fail, InvalidGraph, RecursionError, ...)
+        raise ValueError(
+            f"{path}: not a valid ONNX model ({type(err).__name__}: {str(err)[:300]}); "
+            "export one with python predict.py task=export ckpt=..."
+        ) from err
+
+
+def _check_io(path: Path, session: Any) -> list[str]:
+    """The output names of an exported model, after checking its input and output names."""
+    names_in = [i.name for i in session.get_inputs()]
+    names_out = [o.name for o in session.get_outputs()]
+    valid_out = (list(OUTPUT_NAMES), [*OUTPUT_NAMES, IMAGE_OUTPUT_NAME])
+    if names_in != [INPUT_NAME] or names_out not in valid_out:
+        raise ValueError(
+            f"{path}: expected input {[INPUT_NAME]} and outputs {valid_out[0]} or {valid_out[1]}, "
+            f"got {names_in} and {names_out}"
+        )
+    return names_out
 
 
 EXTRA_HINT = 'pip install "steel-defect[onnx]"'

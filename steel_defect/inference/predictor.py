@@ -16,7 +16,6 @@ import pickle
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from steel_defect import NUM_CLASSES
+from steel_defect.inference.engine import ImagePrediction, image_array, size_groups
 from steel_defect.inference.onnx_net import OnnxNet
 from steel_defect.inference.tta import TTA_FLIPS, check_tta
 from steel_defect.models.factory import split_outputs
@@ -135,14 +135,17 @@ def runtime_kind(runtime: str, path: str | os.PathLike) -> str:
 
 
 def load_nets(
-    paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu", runtime: str = "torch"
+    paths: Sequence[str | os.PathLike],
+    device: torch.device | str = "cpu",
+    runtime: str = "torch",
+    threads: int | None = None,
 ) -> tuple[list[torch.nn.Module], list[dict[str, Any]]]:
     """Load every checkpoint (``weights_only=True``; or exported ONNX models) in eval mode on ``device``.
 
     ``runtime``: ``torch`` (eager, the reference), ``onnx``, or ``auto``: ``.onnx`` files with ONNX Runtime,
     checkpoints with their weights in channels_last memory format (1.4x faster convolutions on CPU, the same
     Dice: see the README's faithfulness table). Returns the nets and their ``steel_defect`` metadata; all
-    must predict the same classes.
+    must predict the same classes. ``threads``: ONNX Runtime's intra-op threads for ONNX models.
     """
     from steel_defect.config import choice
 
@@ -168,7 +171,7 @@ def load_nets(
                     f"python predict.py task=export ckpt={path} export.dynamic_width=true, then "
                     f"python predict.py task=quantize ckpt={path.with_suffix('.onnx')} data.images=TRAIN_IMAGES"
                 )
-            net = OnnxNet(path, device=str(device))
+            net = OnnxNet(path, intra_op_threads=threads, device=str(device))
             if runtime == "int8" and not net.meta.get("quantization"):
                 raise ValueError(
                     f"runtime=int8: {path} is an fp32 export; quantise it first: python predict.py "
@@ -198,28 +201,6 @@ def _refusal(path: Path, err: Exception) -> ValueError:
         f"(torch.load with weights_only=True: {detail or text}). A checkpoint is data, never code: it is "
         "never loaded with weights_only=False; re-save it with plain hyper-parameters."
     )
-
-
-@dataclass
-class ImagePrediction:
-    """The result for one image. ``masks`` (C, H, W) bool and ``class_probs`` (C,) are None for an
-    unreadable image (``ok=False``); ``image`` (3, H, W) float in [0, 1] is the batch's tensor (CPU);
-    ``image_prob`` is the image head's "any defect" probability (None without an image head)."""
-
-    image_id: str
-    ok: bool
-    masks: np.ndarray | None
-    class_probs: np.ndarray | None
-    image: Tensor | None
-    image_prob: float | None = None
-    num_classes: int = NUM_CLASSES
-
-    @property
-    def rles(self) -> list[str]:
-        """One Kaggle RLE per class ("" for an empty mask or an unreadable image)."""
-        from steel_defect.rle import masks_to_rles
-
-        return [""] * self.num_classes if self.masks is None else masks_to_rles(self.masks)
 
 
 def iter_predictions(
@@ -304,33 +285,15 @@ def prediction_loader(
 
 
 def image_tensor(image: np.ndarray) -> Tensor:
-    """An image as read by OpenCV/PIL -> float (3, H, W) in [0, 1], exactly as the prediction loader makes it.
-
-    Accepts (H, W) grey, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA arrays, uint8 (divided by 255) or float
-    in [0, 1]; anything else raises a ValueError saying what it got.
-    """
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., :3]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3) or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"an image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    if a.dtype == np.uint8:
-        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float() / 255.0
-    elif np.issubdtype(a.dtype, np.floating):
-        if a.size and (float(a.min()) < 0.0 or float(a.max()) > 1.0):
-            raise ValueError("a float image must lie in [0, 1]")
-        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float()
-    else:
-        raise ValueError(f"an image must be uint8 or float in [0, 1], got dtype {a.dtype}")
-    return t
+    """An image as read by OpenCV/PIL -> float (3, H, W) in [0, 1], exactly as the prediction loader makes it
+    (see :func:`steel_defect.inference.engine.image_array`, shared by every engine, for accepted arrays)."""
+    return torch.from_numpy(image_array(image))
 
 
 class Predictor:
     """Loaded model(s) with their thresholds and TTA: probabilities and post-processed masks for images.
+    The torch engine of :class:`steel_defect.inference.engine.Inferencer` (load it with
+    :func:`steel_defect.inference.engine.load_predictor`).
 
     Load once (:meth:`load`), then call :meth:`predict` on in-memory images of any size (each is padded to
     the nets' stride and cropped back), or :meth:`iter_loader` on a loader of image batches. Several
@@ -378,19 +341,22 @@ class Predictor:
         tta: Sequence[str] = (),
         amp: bool = True,
         check_thresholds: bool = True,
+        threads: int | None = None,
     ) -> Predictor:
         """Load checkpoint(s) or ONNX model(s) with their thresholds (see ``predict.py``'s keys of the same
-        names; ``amp`` applies on CUDA with the torch runtime only)."""
+        names; ``amp`` applies on CUDA with the torch runtime only; ``threads``: ONNX Runtime's)."""
         from steel_defect.postprocess.thresholds import checked_thresholds
 
         ckpts = [ckpt] if isinstance(ckpt, str | os.PathLike) else list(ckpt)
         if not ckpts:
             raise ValueError("ckpt: give at least one checkpoint")
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        nets, metas = load_nets(ckpts, dev, runtime)
+        nets, metas = load_nets(ckpts, dev, runtime, threads)
         params, source = checked_thresholds(thresholds, ckpts, nets, metas, check_tta(tta), check_thresholds)
         use_amp = amp and dev.type == "cuda" and runtime_kind(runtime, ckpts[0]) == "torch"
         return cls(nets, metas, params, source, dev, tta, use_amp, ckpts)
+
+    engine = "torch"
 
     @property
     def num_classes(self) -> int:
@@ -401,6 +367,12 @@ class Predictor:
         from steel_defect.fingerprint import net_fingerprint
 
         return [str(net_fingerprint(n)) for n in self.nets]
+
+    def weights_fingerprints(self) -> list[str | None]:
+        """The hash of the weights each net really runs: a checkpoint's fingerprint is that already; an
+        exported ONNX model's is the hash of the initializers its session loaded (not the claimed one)."""
+        claimed = self.fingerprints()
+        return [getattr(n, "weights_fingerprint", c) for n, c in zip(self.nets, claimed, strict=True)]
 
     def probabilities(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """:func:`predict_batch` for a (B, 3, H, W) float batch in [0, 1] with this predictor's nets and TTA."""
@@ -419,19 +391,27 @@ class Predictor:
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} image ids")
         tensors = [image_tensor(im) for im in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tensors):
-            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
         batches = [
             {
                 "image": torch.stack([tensors[i] for i in idx]),
                 "image_id": [ids[i] for i in idx],
                 "index": torch.tensor(idx),
             }
-            for idx in groups.values()
+            for idx in size_groups([t.shape for t in tensors])
         ]
         out = list(self.iter_loader([batches]))
         return out
+
+    def predict_source(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> tuple[list[str], Iterator[ImagePrediction]]:
+        """The image ids of ``source`` (a folder, sorted by name, a file or a list) and their predictions,
+        streamed through :meth:`loader` (``num_workers`` loader processes)."""
+        loader = self.loader(source, batch_size, num_workers)
+        return list(loader.dataset.image_ids), self.iter_loader(loader)
 
     def iter_loader(self, loader: Iterable[Any]) -> Iterator[ImagePrediction]:
         """:func:`iter_predictions` over a loader (e.g. :func:`prediction_loader`) with this predictor."""

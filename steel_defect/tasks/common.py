@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from steel_defect import NUM_CLASSES
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.engine import Inferencer
+from steel_defect.inference.engine import load_predictor as load_engine
 from steel_defect.tasks.config import PredictConfig
 
 
@@ -23,10 +24,13 @@ def images_dir(c: PredictConfig, default: str) -> Path:
     return c.root / default
 
 
-def load_predictor(c: PredictConfig) -> Predictor:
-    """The run's :class:`Predictor` (thresholds checked against the weights, except when tuning them)."""
-    return Predictor.load(
+def load_predictor(c: PredictConfig, engine: str = "torch") -> Inferencer:
+    """The run's predictor, from the one factory (:func:`steel_defect.inference.engine.load_predictor`):
+    thresholds checked against the weights, except when tuning them. ``engine``: ``torch`` (the default:
+    the tasks that tune, or pseudo-label, use its nets), or ``auto`` (task=predict / evaluate: any engine)."""
+    return load_engine(
         c.ckpt,
+        engine=engine,
         thresholds=c.thresholds,
         device=c.device,
         runtime=c.runtime,

@@ -12,8 +12,6 @@ import json
 import logging
 from typing import Any
 
-import torch
-
 from steel_defect.guard import refuse_unless_own
 from steel_defect.inference.folder import predict_images
 from steel_defect.io import atomic_write
@@ -23,8 +21,6 @@ from steel_defect.tasks.config import PredictConfig
 from steel_defect.tasks.outputs import is_evaluation_file
 
 log = logging.getLogger(__name__)
-
-Tensor = torch.Tensor
 
 
 # ======================================================================================================
@@ -50,16 +46,17 @@ def run_predict(c: PredictConfig) -> dict[str, Any]:
                     f"task=evaluate needs labels: set data.labels=CSV (no {default or 'data.root/test_labels.csv'})"
                 )
             labels = default
-    predictor = load_predictor(c)
+    predictor = load_predictor(c, engine="auto")
     source, params = predictor.source, predictor.params
     log.info(
-        "%s %s with %d checkpoint(s) on %s%s%s; thresholds: %s",
+        "%s %s with %d checkpoint(s), engine %s on %s%s%s; thresholds: %s",
         c.task,
         images,
-        len(predictor.nets),
+        len(predictor.ckpts),
+        predictor.engine,
         predictor.device,
         f", tta {list(c.tta)}" if c.tta else "",
-        ", amp" if predictor.amp else "",
+        ", amp" if getattr(predictor, "amp", False) else "",
         source,
     )
     summary = predict_images(
@@ -73,7 +70,6 @@ def run_predict(c: PredictConfig) -> dict[str, Any]:
         overlays=c.overlays,
         overlays_dir=c.overlays_dir,
     )
-    summary["thresholds"] = source
     console.print(format_summary(summary), highlight=False, soft_wrap=True)
     if "evaluation" in summary:
         print_evaluation_report(summary["evaluation"], console)

@@ -240,11 +240,20 @@ def notebook_json(source: str) -> dict[str, Any]:
     }
 
 
+#: the bundle's ``engine`` setting (its ``runtime=`` key) -> the inference engine the kernel loads
+KERNEL_ENGINES = {"torch": "torch", "onnx": "onnxruntime"}
+
+
 def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[str, Any]:
     """What the kernel does after installing: predict ``settings["input"]`` into ``settings["output"]``.
 
-    The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``.
+    The same code path as ``python predict.py ckpt=... thresholds=... images=... out=...``: the one factory
+    (:func:`~steel_defect.inference.engine.load_predictor`) and the one folder loop
+    (:func:`~steel_defect.inference.folder.predict_images`), whatever the engine (``runtime=onnx`` bundles:
+    ONNX Runtime, numpy and OpenCV only, no torch).
     """
+    from steel_defect.inference.engine import load_predictor
+    from steel_defect.inference.folder import predict_images
     from steel_defect.submission import format_summary
 
     bundle = Path(bundle)
@@ -253,39 +262,19 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         raise FileNotFoundError(
             f"kernel input: test image folder not found: {images} (STEEL_DEFECT_INPUT overrides)"
         )
-    ckpts = [bundle / p for p in settings["checkpoints"]]
     thresholds = settings.get("thresholds")
-    mode = (
-        thresholds
+    predictor = load_predictor(
+        [bundle / p for p in settings["checkpoints"]],
+        thresholds=thresholds
         if thresholds in ("defaults", "raw")
         else str(bundle / thresholds)
         if thresholds
-        else "auto"
-    )
-    if settings.get("engine", "torch") == "onnx":  # no torch: ONNX Runtime, numpy and OpenCV only
-        from steel_defect.inference.ort_predictor import OrtPredictor
-
-        ort_predictor = OrtPredictor.load(ckpts, thresholds=mode, tta=list(settings["tta"]))
-        summary = ort_predictor.predict_folder(
-            images,
-            settings["output"],
-            batch_size=int(settings["batch_size"]),
-            workers=int(settings["num_workers"]),
-        )
-        print(f"predicted with ONNX Runtime (no torch); thresholds: {summary['thresholds']}", flush=True)
-        print(format_summary(summary), flush=True)
-        return summary
-    from steel_defect.inference.folder import predict_images
-    from steel_defect.inference.predictor import Predictor
-    from steel_defect.submission import format_summary
-
-    predictor = Predictor.load(
-        ckpts,
-        thresholds=mode,
+        else "auto",
         device=str(settings["device"]),
         runtime="auto",
         tta=list(settings["tta"]),
         amp=bool(settings["amp"]),
+        engine=KERNEL_ENGINES[settings.get("engine", "torch")],
     )
     summary = predict_images(
         predictor,
@@ -295,7 +284,7 @@ def run_kernel(settings: Mapping[str, Any], bundle: str | os.PathLike) -> dict[s
         batch_size=int(settings["batch_size"]),
         num_workers=int(settings["num_workers"]),
     )
-    summary["thresholds"] = predictor.source
+    print(f"predicted with the {predictor.engine} engine; thresholds: {summary['thresholds']}", flush=True)
     print(format_summary(summary), flush=True)
     return summary
 
@@ -408,6 +397,50 @@ def build_bundle(
     checked (:func:`check_bundle_out`): never a broad folder or one that is or holds an input; an existing
     non-empty ``out`` is replaced only with ``overwrite=True`` and only when it is a bundle.
     """
+    opt, ckpts = _bundle_options(ckpt, options)
+    out = Path(out)
+    overwrite = _as_bool("overwrite", opt["overwrite"])
+    download = _as_bool("download", opt["download"])
+    engine = str(opt["runtime"])
+    wheels = _wheel_names(opt, engine, "wheels" in options, download)
+    tta = _as_list("tta", opt["tta"])
+    from steel_defect.inference.tta import check_tta
+
+    check_tta(tta)
+    thresholds_src, mode = _thresholds_source(opt["thresholds"], ckpts)
+    project_wheel = opt["project_wheel"]
+    if project_wheel:
+        project_wheel = Path(project_wheel)
+        if not project_wheel.is_file() or not project_wheel.name.startswith("steel_defect-"):
+            raise FileNotFoundError(f"project_wheel={project_wheel}: not an existing steel_defect-*.whl")
+    inputs = [*ckpts, thresholds_src, project_wheel or None]
+    check_bundle_out(out, inputs, overwrite)  # before the first write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        wheel_info = _pack_wheels(tmp / "wheels", project_wheel, wheels, download)
+        models = _pack_models(tmp, ckpts, engine, opt["height"])
+        if thresholds_src is not None:
+            shutil.copyfile(thresholds_src, tmp / THRESHOLDS_NAME)
+        settings = _kernel_settings(opt, engine, models, wheel_info, tta)
+        settings["thresholds"] = THRESHOLDS_NAME if thresholds_src is not None else mode
+        _write_kernel(tmp, settings)
+        _write_manifest(tmp, settings, wheel_info, ckpts, thresholds_src)
+        for sub in (tmp / "wheels", tmp / Path(models[0]).parent):
+            sub.chmod(0o755)
+        _move_into_place(tmp, out, overwrite, inputs)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _bundle_options(
+    ckpt: str | os.PathLike | Sequence[str | os.PathLike], options: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[Path]]:
+    """The options over :data:`BUNDLE_DEFAULTS` and the checkpoints (``ckpt=RUN``: the run's model and its
+    thresholds), checked: known keys, existing checkpoints, a known runtime."""
     unknown = sorted(set(options) - set(BUNDLE_DEFAULTS))
     if unknown:
         raise ValueError(
@@ -422,13 +455,15 @@ def build_bundle(
     for path in ckpts:
         if not path.is_file():
             raise FileNotFoundError(f"ckpt: checkpoint not found: {path}")
-    out = Path(out)
-    overwrite = _as_bool("overwrite", opt["overwrite"])
-    download = _as_bool("download", opt["download"])
-    engine = str(opt["runtime"])
+    return opt, ckpts
+
+
+def _wheel_names(opt: dict[str, Any], engine: str, listed: bool, download: bool) -> list[str]:
+    """The dependency wheels to bundle (canonical names), checked before any work: never steel-defect
+    itself, and installed here unless they are downloaded."""
     if engine not in RUNTIMES:
         raise ValueError(f"runtime={engine!r}; choose one of: {', '.join(RUNTIMES)}")
-    if engine == "onnx" and "wheels" not in options:
+    if engine == "onnx" and not listed:
         opt["wheels"] = list(ONNX_WHEELS)
     wheels = list(
         dict.fromkeys(
@@ -449,163 +484,167 @@ def build_bundle(
                     f"wheels: {name!r} is not installed in this environment ({sys.prefix}); install it, drop it "
                     "from wheels=, or pass download=true"
                 ) from None
-    tta = _as_list("tta", opt["tta"])
-    from steel_defect.inference.predictor import check_tta
+    return wheels
 
-    check_tta(tta)
-    thresholds = "" if opt["thresholds"] is None else str(opt["thresholds"]).strip()
-    mode = None  # "defaults" / "raw": no file, the kernel uses that mode
+
+def _thresholds_source(value: Any, ckpts: Sequence[Path]) -> tuple[Path | None, str | None]:
+    """(the thresholds.yaml to bundle, None) or (None, "defaults" / "raw": no file, the kernel uses that
+    mode); the file is validated, and an image-head gate refused for checkpoints without the head."""
+    thresholds = "" if value is None else str(value).strip()
     if thresholds in ("defaults", "raw"):
-        thresholds_src, mode = None, thresholds
-    elif thresholds == "auto":
-        beside = ckpts[0].parent / THRESHOLDS_NAME
-        if not beside.is_file():
+        return None, thresholds
+    if thresholds == "auto":
+        src = ckpts[0].parent / THRESHOLDS_NAME
+        if not src.is_file():
             raise FileNotFoundError(
                 f"thresholds=auto: no tuned {THRESHOLDS_NAME} beside {ckpts[0]}; tune them first (python "
                 "predict.py task=tune ckpt=..., or task=tune_oof for k-fold checkpoints), give thresholds=PATH, "
                 "or bundle untuned post-processing on purpose with thresholds=defaults (the notebook's) or "
                 "thresholds=raw"
             )
-        thresholds_src = beside
     elif thresholds in ("", "none", "null"):
         raise ValueError(
-            f"thresholds={opt['thresholds']!r}: say which post-processing the kernel uses: auto (the tuned "
+            f"thresholds={value!r}: say which post-processing the kernel uses: auto (the tuned "
             f"{THRESHOLDS_NAME} beside the first checkpoint), a thresholds.yaml path, defaults or raw"
         )
     else:
-        thresholds_src = Path(thresholds)
-        if not thresholds_src.is_file():
+        src = Path(thresholds)
+        if not src.is_file():
             raise FileNotFoundError(
                 f"thresholds={thresholds}: no such file (auto, defaults, raw or a thresholds.yaml path)"
             )
-    if thresholds_src is not None:
-        from steel_defect.postprocess.params import load_thresholds
+    from steel_defect.postprocess.params import load_thresholds
 
-        params = load_thresholds(thresholds_src, num_classes=None)  # validate before bundling
-        if params.t_img is not None and params.img_source == "image_head":
-            import torch
-
-            for path in ckpts:
-                meta = torch.load(path, map_location="cpu", weights_only=True).get("steel_defect") or {}
-                if not (meta.get("net") or {}).get("image_head", False):
-                    raise ValueError(
-                        f"thresholds={thresholds_src}: img_source='image_head' needs the image head, but {path} "
-                        "has none (trained without model.net.image_head)"
-                    )
-    project_wheel = opt["project_wheel"]
-    if project_wheel:
-        project_wheel = Path(project_wheel)
-        if not project_wheel.is_file() or not project_wheel.name.startswith("steel_defect-"):
-            raise FileNotFoundError(f"project_wheel={project_wheel}: not an existing steel_defect-*.whl")
-    inputs = [*ckpts, thresholds_src, project_wheel or None]
-    check_bundle_out(out, inputs, overwrite)  # before the first write
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        wheel_dir = tmp / "wheels"
-        wheel_dir.mkdir()
-        records = []
-        if project_wheel:
-            built = Path(shutil.copy2(project_wheel, wheel_dir / project_wheel.name))
-        else:
-            built = build_project_wheel(wheel_dir)
-        records.append((built, "project"))
-        for name in wheels:
-            path = download_wheel(name, wheel_dir) if download else wheel_from_installed(name, wheel_dir)
-            records.append((path, "download" if download else "installed"))
-        wheel_info = []
-        for path, source in records:
-            canon, version = wheel_name_version(path)
-            wheel_info.append(
-                {"name": canon, "version": version, "file": f"wheels/{path.name}", "source": source}
-            )
-        requirements = [f"{w['name']}=={w['version']}" for w in wheel_info]
-
-        names = _unique_names(ckpts)
-        if engine == "onnx":
-            (tmp / "models").mkdir()
-            names = [str(Path(n).with_suffix(".onnx")) for n in names]
-            for src, name in zip(ckpts, names, strict=True):
-                export_for_kernel(src, tmp / "models" / name, _as_int("height", opt["height"], 1))
-        else:
-            (tmp / "checkpoints").mkdir()
-            for src, name in zip(ckpts, names, strict=True):
-                slim_checkpoint(src, tmp / "checkpoints" / name)
-        models_dir = "models" if engine == "onnx" else "checkpoints"
-        if thresholds_src is not None:
-            shutil.copyfile(thresholds_src, tmp / THRESHOLDS_NAME)
-
-        settings = {
-            "input": str(opt["input"]),
-            "output": str(opt["output"]),
-            "checkpoints": [f"{models_dir}/{n}" for n in names],
-            "engine": engine,
-            "thresholds": THRESHOLDS_NAME if thresholds_src is not None else mode,
-            "wheels_dir": "wheels",
-            "requirements": requirements,
-            "runtime": {
-                **runtime_requirements(
-                    [w["name"] for w in wheel_info], ONNX_RUNTIME_PACKAGES if engine == "onnx" else None
-                ),
-                "wheel_tags": {
-                    w["name"]: tag
-                    for w in wheel_info
-                    if not (tag := "-".join(Path(w["file"]).stem.split("-")[-3:])).endswith("-none-any")
-                },
-            },
-            "batch_size": _as_int("batch_size", opt["batch_size"], 1),
-            "num_workers": _as_int("num_workers", opt["num_workers"], 0),
-            "tta": tta,
-            "device": str(opt["device"]),
-            "amp": _as_bool("amp", opt["amp"]),
-            "manifest": MANIFEST_NAME,
-        }
-        source = kernel_source(settings)
-        with atomic_write(tmp / KERNEL_NAME, "w", encoding="utf-8") as fh:
-            fh.write(source)
-        with atomic_write(tmp / NOTEBOOK_NAME, "w", encoding="utf-8") as fh:
-            json.dump(notebook_json(source), fh, indent=1)
-            fh.write("\n")
-
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            path.chmod(0o644)
-            files[path.relative_to(tmp).as_posix()] = {
-                "sha256": sha256_file(path),
-                "size": path.stat().st_size,
-            }
-        for item in wheel_info:
-            item["sha256"] = files[item["file"]]["sha256"]
+    params = load_thresholds(src, num_classes=None)  # validate before bundling
+    if params.t_img is not None and params.img_source == "image_head":
         import torch
 
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "steel_defect": __version__,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "built_with": {
-                "python": sys.version.split()[0],
-                "torch": torch.__version__,
-                "platform": sys.platform,
+        for path in ckpts:
+            meta = torch.load(path, map_location="cpu", weights_only=True).get("steel_defect") or {}
+            if not (meta.get("net") or {}).get("image_head", False):
+                raise ValueError(
+                    f"thresholds={src}: img_source='image_head' needs the image head, but {path} "
+                    "has none (trained without model.net.image_head)"
+                )
+    return src, None
+
+
+def _pack_wheels(
+    wheel_dir: Path, project_wheel: Path | None, wheels: Sequence[str], download: bool
+) -> list[dict[str, Any]]:
+    """The project wheel (built, or ``project_wheel``) and the dependency wheels into ``wheel_dir``; their
+    manifest entries (name, version, file, source)."""
+    wheel_dir.mkdir()
+    if project_wheel:
+        built = Path(shutil.copy2(project_wheel, wheel_dir / project_wheel.name))
+    else:
+        built = build_project_wheel(wheel_dir)
+    records = [(built, "project")]
+    for name in wheels:
+        path = download_wheel(name, wheel_dir) if download else wheel_from_installed(name, wheel_dir)
+        records.append((path, "download" if download else "installed"))
+    wheel_info = []
+    for path, source in records:
+        canon, version = wheel_name_version(path)
+        wheel_info.append(
+            {"name": canon, "version": version, "file": f"wheels/{path.name}", "source": source}
+        )
+    return wheel_info
+
+
+def _pack_models(tmp: Path, ckpts: Sequence[Path], engine: str, height: Any) -> list[str]:
+    """The checkpoints into the bundle ``tmp``: slimmed (``checkpoints/``), or exported for the ONNX-only
+    kernel (``models/*.onnx``); their paths relative to the bundle."""
+    names = _unique_names(ckpts)
+    if engine == "onnx":
+        (tmp / "models").mkdir()
+        names = [str(Path(n).with_suffix(".onnx")) for n in names]
+        for src, name in zip(ckpts, names, strict=True):
+            export_for_kernel(src, tmp / "models" / name, _as_int("height", height, 1))
+    else:
+        (tmp / "checkpoints").mkdir()
+        for src, name in zip(ckpts, names, strict=True):
+            slim_checkpoint(src, tmp / "checkpoints" / name)
+    models_dir = "models" if engine == "onnx" else "checkpoints"
+    return [f"{models_dir}/{n}" for n in names]
+
+
+def _kernel_settings(
+    opt: Mapping[str, Any], engine: str, models: list[str], wheel_info: list[dict[str, Any]], tta: list[str]
+) -> dict[str, Any]:
+    """The kernel's ``SETTINGS`` (``thresholds`` is set by the caller, in its place)."""
+    return {
+        "input": str(opt["input"]),
+        "output": str(opt["output"]),
+        "checkpoints": models,
+        "engine": engine,
+        "thresholds": None,
+        "wheels_dir": "wheels",
+        "requirements": [f"{w['name']}=={w['version']}" for w in wheel_info],
+        "runtime": {
+            **runtime_requirements(
+                [w["name"] for w in wheel_info], ONNX_RUNTIME_PACKAGES if engine == "onnx" else None
+            ),
+            "wheel_tags": {
+                w["name"]: tag
+                for w in wheel_info
+                if not (tag := "-".join(Path(w["file"]).stem.split("-")[-3:])).endswith("-none-any")
             },
-            "source_checkpoints": [str(p.resolve()) for p in ckpts],
-            "thresholds_source": str(thresholds_src.resolve()) if thresholds_src is not None else None,
-            "wheels": wheel_info,
-            "settings": settings,
-            "files": files,
-        }
-        with atomic_write(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.write("\n")
-        (tmp / MANIFEST_NAME).chmod(0o644)
-        tmp.chmod(0o755)
-        for sub in (tmp / "wheels", tmp / models_dir):
-            sub.chmod(0o755)
-        _move_into_place(tmp, out, overwrite, inputs)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        },
+        "batch_size": _as_int("batch_size", opt["batch_size"], 1),
+        "num_workers": _as_int("num_workers", opt["num_workers"], 0),
+        "tta": tta,
+        "device": str(opt["device"]),
+        "amp": _as_bool("amp", opt["amp"]),
+        "manifest": MANIFEST_NAME,
+    }
+
+
+def _write_kernel(tmp: Path, settings: Mapping[str, Any]) -> None:
+    source = kernel_source(settings)
+    with atomic_write(tmp / KERNEL_NAME, "w", encoding="utf-8") as fh:
+        fh.write(source)
+    with atomic_write(tmp / NOTEBOOK_NAME, "w", encoding="utf-8") as fh:
+        json.dump(notebook_json(source), fh, indent=1)
+        fh.write("\n")
+
+
+def _write_manifest(
+    tmp: Path,
+    settings: Mapping[str, Any],
+    wheel_info: list[dict[str, Any]],
+    ckpts: Sequence[Path],
+    thresholds_src: Path | None,
+) -> None:
+    """Every file of the bundle ``tmp`` (size, sha256; mode 0644) into its manifest."""
+    files = {}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        path.chmod(0o644)
+        files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    for item in wheel_info:
+        item["sha256"] = files[item["file"]]["sha256"]
+    import torch
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "steel_defect": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "built_with": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": sys.platform,
+        },
+        "source_checkpoints": [str(p.resolve()) for p in ckpts],
+        "thresholds_source": str(thresholds_src.resolve()) if thresholds_src is not None else None,
+        "wheels": wheel_info,
+        "settings": settings,
+        "files": files,
+    }
+    with atomic_write(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
+    (tmp / MANIFEST_NAME).chmod(0o644)
+    tmp.chmod(0o755)
 
 
 # ======================================================================================================

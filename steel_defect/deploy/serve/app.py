@@ -1,4 +1,4 @@
-"""The LitAPI around the :class:`~steel_defect.inference.predictor.Predictor` and the LitServe server with the viewer."""
+"""The LitAPI around any :class:`~steel_defect.inference.engine.Inferencer` and the LitServe server with the viewer."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from steel_defect.deploy.serve.metrics import Metrics, MetricsMiddleware, add_me
 from steel_defect.deploy.serve.result import overlay_png, prediction_json
 from steel_defect.deploy.serve.settings import ServeSettings
 from steel_defect.deploy.serve.upload import UploadMiddleware
-from steel_defect.inference.predictor import Predictor
+from steel_defect.inference.engine import Inferencer
+from steel_defect.inference.engine import load_predictor as load_engine
 
 API_PATH = "/predict"
 log = logging.getLogger(__name__)
@@ -46,40 +47,30 @@ def public_source(source: str, folders: list[str | os.PathLike] | tuple = ()) ->
     return re.sub(r"(?<![\w.~-])(?:~|\.{1,2})?/(?:[^\s/]+/)*([^\s/]+)", r"\1", source)
 
 
-def weights_fingerprints(predictor: Predictor) -> list[str | None]:
-    """The hash of the weights each net really runs. A checkpoint's fingerprint is that already; an exported
-    ONNX model's ``fingerprint`` is only what the export claimed for its source checkpoint (what thresholds
-    are bound to), so its initializers are hashed here (:func:`steel_defect.inference.onnx_model.weights_fingerprint`)."""
-    from steel_defect.inference.onnx_model import weights_fingerprint
-
-    out: list[str | None] = []
-    for net, claimed in zip(predictor.nets, predictor.fingerprints(), strict=True):
-        path = getattr(net, "path", None)
-        out.append(weights_fingerprint(path) if hasattr(net, "source_fingerprint") and path else claimed)
-    return out
-
-
-def describe(predictor: Predictor, runtime: str = "auto") -> dict[str, Any]:
-    """What the answers say about the model: classes, checkpoints, weight fingerprints, TTA, thresholds
-    (file names only, never a filesystem path), and the padding stride."""
+def describe(predictor: Inferencer, runtime: str = "auto") -> dict[str, Any]:
+    """What the answers say about the model: classes, checkpoints, fingerprints (the claimed source ones,
+    what thresholds are bound to, and ``weights_fingerprints``: a hash of the weights really loaded), TTA,
+    the engine, thresholds (file names only, never a filesystem path), and the padding stride."""
     source = public_source(predictor.source, [p.parent for p in predictor.ckpts])
     return {
         "classes": list(predictor.classes),
         "checkpoints": [p.name for p in predictor.ckpts],
         "fingerprints": predictor.fingerprints(),
-        "weights_fingerprints": weights_fingerprints(predictor),
+        "weights_fingerprints": predictor.weights_fingerprints(),
         "tta": list(predictor.tta),
         "runtime": runtime,
+        "engine": predictor.engine,
         "device": str(predictor.device),
-        "stride": int(getattr(predictor, "stride", 32)),
+        "stride": int(predictor.stride),
         "thresholds": {"source": source, "params": predictor.params.to_dict()},
     }
 
 
-def load_predictor(settings: ServeSettings, device: str = "auto") -> Predictor:
-    """The Predictor of ``settings``; any failure to load a model file becomes a ValueError naming it."""
+def load_predictor(settings: ServeSettings, device: str = "auto") -> Inferencer:
+    """The predictor of ``settings`` (the one factory, any engine); any failure to load a model file becomes a
+    ValueError naming it."""
     try:
-        return Predictor.load(
+        return load_engine(
             settings.ckpt,
             thresholds=settings.thresholds,
             device=device,
@@ -102,7 +93,7 @@ def _error_item(name: str, status: int, detail: str) -> dict[str, Any]:
 
 
 class SteelDefectAPI(ls.LitAPI):
-    """setup: load the Predictor once per worker; decode: checked bytes -> RGB; predict: a dynamic batch of
+    """setup: load the predictor once per worker; decode: checked bytes -> RGB; predict: a dynamic batch of
     images (any sizes) -> one JSON answer each. A request never fails another: an image that does not
     decode, or whose inference fails when it is retried alone, gets its own error answer."""
 
