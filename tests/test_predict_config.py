@@ -157,3 +157,30 @@ def test_ckpt_is_required():
         parse_config(compose_predict([]))
     c = parse_config({"ckpt": ["a.ckpt", "b.ckpt"], "images": "imgs"})
     assert c.ckpt == (Path("a.ckpt"), Path("b.ckpt")) and c.images == Path("imgs")
+
+
+def test_tta_null_follows_the_tta_the_thresholds_were_tuned_with(tmp_path):
+    """``tta: null`` (the default) predicts with the views recorded in the thresholds file it resolves to (a
+    fold ensemble tuned out of fold under hflip+vflip is then used under them); an explicit list wins; tuning
+    tasks and untuned thresholds use none."""
+    from steel_defect.postprocess.params import PostprocessParams, save_thresholds
+    from steel_defect.tasks.config import parse_config
+
+    ckpt = tmp_path / "run" / "best.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"not read")
+    save_thresholds(
+        PostprocessParams(),
+        ckpt.parent / "thresholds.yaml",
+        meta={"fingerprints": ["f"], "tta": ["hflip", "vflip"]},
+    )
+    assert parse_config({"ckpt": str(ckpt)}).tta == ("hflip", "vflip")
+    assert parse_config({"ckpt": str(ckpt), "tta": []}).tta == ()
+    assert parse_config({"ckpt": str(ckpt), "tta": ["hflip"]}).tta == ("hflip",)
+    assert parse_config({"ckpt": str(ckpt), "thresholds": "defaults"}).tta == ()
+    assert parse_config({"ckpt": str(ckpt), "task": "tune"}).tta == ()
+    other = tmp_path / "other.yaml"
+    save_thresholds(PostprocessParams(), other, meta={"fingerprints": ["f"], "tta": ["hvflip"]})
+    assert parse_config({"ckpt": str(ckpt), "thresholds": str(other)}).tta == ("hvflip",)
+    (ckpt.parent / "thresholds.yaml").unlink()
+    assert parse_config({"ckpt": str(ckpt)}).tta == ()

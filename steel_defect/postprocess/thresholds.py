@@ -85,6 +85,24 @@ def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> di
     return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta["tta"] or [])}
 
 
+def recorded_tta(thresholds: str, ckpt: str | os.PathLike) -> tuple[str, ...]:
+    """The TTA a thresholds file was tuned with, for ``tta: null`` (follow the thresholds): the file
+    ``thresholds`` names, or with ``auto`` the ``thresholds.yaml`` beside ``ckpt``; () when there is no such
+    file, it records no TTA, or ``thresholds`` is ``defaults``/``raw``. Reads only the file's meta."""
+    if thresholds in ("defaults", "raw"):
+        return ()
+    path = (
+        Path(ckpt).parent / THRESHOLDS_FILE if thresholds == "auto" else Path(os.path.expanduser(thresholds))
+    )
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return ()
+    from steel_defect.postprocess.params import read_thresholds_yaml
+
+    doc = read_thresholds_yaml(path) or {}
+    meta = read_thresholds_meta(doc.get("meta") if isinstance(doc, Mapping) else None) or {}
+    return tuple(meta.get("tta") or ())
+
+
 def check_thresholds_binding(
     source: str,
     meta: Mapping[str, Any] | None,

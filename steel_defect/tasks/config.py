@@ -19,7 +19,7 @@ import torch
 
 from steel_defect.config import CONF_DIR, boolean, choice, fraction, integer, keys, path
 from steel_defect.inference.predictor import RUNTIMES, TTA_TRANSFORMS
-from steel_defect.postprocess.thresholds import THRESHOLD_MODES
+from steel_defect.postprocess.thresholds import THRESHOLD_MODES, recorded_tta
 from steel_defect.postprocess.tuning import check_pix_modes
 from steel_defect.run_record import resolve_ckpt_arg
 from steel_defect.submission import SUBMISSION_FORMATS
@@ -146,6 +146,14 @@ def _tta(value: Any) -> tuple[str, ...]:
     return tuple(tta)
 
 
+def _followed_tta(task: str, thresholds: str, ckpts: Sequence[Any]) -> tuple[str, ...]:
+    """``tta: null``: predict with the TTA the thresholds were tuned with (a run's thresholds.yaml records
+    it), so that a model tuned under TTA is used under it; tuning tasks (which write thresholds) use none."""
+    if task in ("tune", "tune_oof", "export", "quantize"):
+        return ()
+    return recorded_tta(thresholds, ckpts[0])
+
+
 def _device(device: Any) -> str:
     if not isinstance(device, str):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
@@ -213,7 +221,7 @@ def parse_config(cfg: Mapping[str, Any]) -> PredictConfig:
         num_workers=integer("num_workers", c["num_workers"], 0),
         device=_device(c["device"]),
         amp=boolean("amp", c["amp"]),
-        tta=_tta(c["tta"]),
+        tta=_tta(c["tta"]) if c["tta"] is not None else _followed_tta(c["task"], thresholds, resolved),
         overlays=integer("overlays", c["overlays"], 0),
         overlays_dir=path("overlays_dir", c["overlays_dir"]) or Path("overlays"),
         runtime=choice("runtime", c["runtime"], RUNTIMES),
