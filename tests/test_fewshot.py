@@ -3,6 +3,7 @@ resolving to that model, ``model.init_from``, and the run-time bf16 choice (tiny
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_fold_ensemble_records_its_checkpoints_and_out_of_fold_thresholds(fold_r
     assert doc["thresholds"] == "thresholds.yaml"
     tuned = yaml.safe_load((fold_run / "thresholds.yaml").read_text())
     assert tuned["meta"]["source"] == "tune_oof" and len(tuned["meta"]["folds"]) == 2
+    assert tuned["meta"]["tta"] == ["hflip", "vflip"]  # the recipe's oof.tta
     val = [load_split(fold_run / f"fold_{i}" / "split.json")["val"] for i in range(2)]
     assert not set(val[0]) & set(val[1])  # each image out of fold exactly once
     assert tuned["report"]["num_images"] == len(val[0]) + len(val[1]) == 40
@@ -73,6 +75,8 @@ def test_predict_with_a_run_folder_uses_the_ensemble_and_its_thresholds(fold_run
     )
     assert summary["thresholds"] == str(fold_run / "thresholds.yaml")
     report = (tmp_path / "evaluation.json").read_text()
+    # tta: null follows the views the thresholds were tuned under
+    assert json.loads(report)["tta"] == ["hflip", "vflip"]
     assert "fold_0/checkpoints/fold.ckpt" in report and "fold_1/checkpoints/fold.ckpt" in report
 
 
