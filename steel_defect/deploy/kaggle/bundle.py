@@ -514,18 +514,18 @@ def _thresholds_source(value: Any, ckpts: Sequence[Path]) -> tuple[Path | None, 
                 f"thresholds={thresholds}: no such file (auto, defaults, raw or a thresholds.yaml path)"
             )
     from steel_defect.postprocess.params import load_thresholds
+    from steel_defect.postprocess.thresholds import check_image_head_gate
 
     params = load_thresholds(src, num_classes=None)  # validate before bundling
-    if params.t_img is not None and params.img_source == "image_head":
+    if params.t_img is not None and params.img_source == "image_head":  # only then read the checkpoints
         import torch
 
-        for path in ckpts:
-            meta = torch.load(path, map_location="cpu", weights_only=True).get("steel_defect") or {}
-            if not (meta.get("net") or {}).get("image_head", False):
-                raise ValueError(
-                    f"thresholds={src}: img_source='image_head' needs the image head, but {path} "
-                    "has none (trained without model.net.image_head)"
-                )
+        metas = [
+            torch.load(p, map_location="cpu", weights_only=True).get("steel_defect") or {} for p in ckpts
+        ]
+        check_image_head_gate(
+            params, [(m.get("net") or {}).get("image_head", False) for m in metas], ckpts, str(src)
+        )
     return src, None
 
 
