@@ -20,8 +20,10 @@ import sysconfig
 import tempfile
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from steel_defect.io import atomic_save
 
@@ -97,6 +99,49 @@ def wheel_from_installed(name: str, out_dir: str | os.PathLike) -> Path:
     installer (they come from entry_points.txt); byte code and installer files (INSTALLER, REQUESTED,
     direct_url.json, RECORD) are not copied, RECORD is rewritten. Editable installs are refused.
     """
+    dist, wheel_text = _installed_wheel_dist(name)
+    real_name, version = dist.metadata["Name"], dist.version
+    escaped = re.sub(r"[-_.]+", "_", real_name).lower()
+    tag = _wheel_tag(wheel_text, real_name)
+    info_dirs = {f.parts[0] for f in dist.files if f.parts and f.parts[0].endswith(".dist-info")}
+    if len(info_dirs) != 1:
+        raise ValueError(
+            f"wheels: {name!r}: expected one .dist-info folder in RECORD, got {sorted(info_dirs)}"
+        )
+    info_dir = info_dirs.pop()
+    data_dir = f"{escaped}-{version.replace('-', '_')}.data"
+    skip_info = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+    place = _WheelPlacement(
+        name=name,
+        root=Path(dist.locate_file("")).resolve(),
+        scripts_dir=Path(sysconfig.get_path("scripts")).resolve(),
+        data_dir=data_dir,
+        console=_console_scripts(dist),
+    )
+    entries: list[tuple[str, bytes, int]] = []
+    for file in dist.files:
+        if "__pycache__" in file.parts or file.as_posix().endswith((".pyc", ".pyo")):
+            continue
+        if file.parts[0] == info_dir and len(file.parts) == 2 and file.parts[1] in skip_info:
+            continue
+        entry = place.entry(file, Path(dist.locate_file(file)).resolve())
+        if entry is not None:
+            entries.append(entry)
+    entries = _with_record(entries, info_dir)
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arc, data, mode in entries:
+                info = zipfile.ZipInfo(arc, date_time=_FIXED_ZIP_DATE)
+                info.external_attr = (0o100000 | mode) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+
+    return atomic_save(Path(out_dir) / f"{escaped}-{version.replace('-', '_')}-{tag}.whl", write)
+
+
+def _installed_wheel_dist(name: str) -> tuple[metadata.Distribution, str]:
+    """The installed distribution ``name`` and its WHEEL text; refuses what cannot be rebuilt offline."""
     check_bundle_name(name)
     try:
         dist = metadata.distribution(name)
@@ -115,29 +160,22 @@ def wheel_from_installed(name: str, out_dir: str | os.PathLike) -> Path:
         )
     if not dist.files:
         raise ValueError(f"wheels: {name!r} has no RECORD file list; cannot rebuild its wheel")
-    real_name, version = dist.metadata["Name"], dist.version
-    escaped = re.sub(r"[-_.]+", "_", real_name).lower()
-    tag = _wheel_tag(wheel_text, real_name)
-    root = Path(dist.locate_file("")).resolve()
-    info_dirs = {f.parts[0] for f in dist.files if f.parts and f.parts[0].endswith(".dist-info")}
-    if len(info_dirs) != 1:
-        raise ValueError(
-            f"wheels: {name!r}: expected one .dist-info folder in RECORD, got {sorted(info_dirs)}"
-        )
-    info_dir = info_dirs.pop()
-    data_dir = f"{escaped}-{version.replace('-', '_')}.data"
-    scripts_dir = Path(sysconfig.get_path("scripts")).resolve()
-    console = _console_scripts(dist)
-    skip_info = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+    return dist, wheel_text
 
-    entries: list[tuple[str, bytes, int]] = []
-    for file in dist.files:
-        rel = file.as_posix()
-        if "__pycache__" in file.parts or rel.endswith((".pyc", ".pyo")):
-            continue
-        if file.parts[0] == info_dir and len(file.parts) == 2 and file.parts[1] in skip_info:
-            continue
-        path = Path(dist.locate_file(file)).resolve()
+
+@dataclass(frozen=True)
+class _WheelPlacement:
+    """Where the installed files of distribution ``name`` go in its rebuilt wheel."""
+
+    name: str
+    root: Path
+    scripts_dir: Path
+    data_dir: str
+    console: set[str]
+
+    def entry(self, file: Any, path: Path) -> tuple[str, bytes, int] | None:
+        """``(archive name, bytes, mode)`` of one recorded file (hash-checked), None for a console script."""
+        name, rel = self.name, file.as_posix()
         if not path.is_file():
             raise ValueError(f"wheels: {name!r}: recorded file {rel} is missing at {path}; reinstall {name}")
         data = path.read_bytes()
@@ -147,37 +185,30 @@ def wheel_from_installed(name: str, out_dir: str | os.PathLike) -> Path:
                 f"{name} or pass download=true"
             )
         mode = path.stat().st_mode & 0o777
-        if rel.startswith("../"):
-            if path.parent != scripts_dir:
-                raise ValueError(
-                    f"wheels: {name!r} installs {path} outside site-packages and scripts; not supported"
-                )
-            if path.name in console:
-                continue
-            if data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
-                data = b"#!python" + data[data.index(b"\n") :] if b"\n" in data else b"#!python"
-            entries.append((f"{data_dir}/scripts/{path.name}", data, mode))
-        else:
-            if not path.is_relative_to(root):
-                raise ValueError(f"wheels: {name!r}: {rel} resolves outside {root}")
-            entries.append((rel, data, mode))
-    entries.sort(key=lambda e: (e[0].startswith(info_dir + "/"), e[0]))
+        if not rel.startswith("../"):
+            if not path.is_relative_to(self.root):
+                raise ValueError(f"wheels: {name!r}: {rel} resolves outside {self.root}")
+            return rel, data, mode
+        if path.parent != self.scripts_dir:
+            raise ValueError(
+                f"wheels: {name!r} installs {path} outside site-packages and scripts; not supported"
+            )
+        if path.name in self.console:
+            return None
+        if data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
+            data = b"#!python" + data[data.index(b"\n") :] if b"\n" in data else b"#!python"
+        return f"{self.data_dir}/scripts/{path.name}", data, mode
+
+
+def _with_record(entries: list[tuple[str, bytes, int]], info_dir: str) -> list[tuple[str, bytes, int]]:
+    """``entries`` sorted (dist-info last) plus the RECORD listing them with their hashes."""
+    entries = sorted(entries, key=lambda e: (e[0].startswith(info_dir + "/"), e[0]))
     record = io.StringIO()
     writer = csv.writer(record, lineterminator="\n")
     for arc, data, _ in entries:
         writer.writerow((arc, _record_hash(data), len(data)))
     writer.writerow((f"{info_dir}/RECORD", "", ""))
-    entries.append((f"{info_dir}/RECORD", record.getvalue().encode(), 0o644))
-
-    def write(tmp: str) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for arc, data, mode in entries:
-                info = zipfile.ZipInfo(arc, date_time=_FIXED_ZIP_DATE)
-                info.external_attr = (0o100000 | mode) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, data)
-
-    return atomic_save(Path(out_dir) / f"{escaped}-{version.replace('-', '_')}-{tag}.whl", write)
+    return [*entries, (f"{info_dir}/RECORD", record.getvalue().encode(), 0o644)]
 
 
 def _pip(args: Sequence[str], what: str) -> None:
