@@ -300,12 +300,12 @@ def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     files = tiny_run(tmp_path / "run")
     ckpt = isolated_ckpt(files, tmp_path)
     data = {"root": str(files["data"]), "split": str(files["run"] / "split.json")}
-    tuned = run(config(task="tune", ckpt=str(ckpt), data=data))
-    result = run(config(task="export", ckpt=str(ckpt), export={"height": 64, "width": 320}))
+    tuned = run(config(task="tune", ckpt=str(ckpt), data=data, tta=["hflip"]))
+    result = run(config(task="export", ckpt=str(ckpt), export={"height": 64, "width": 320}, tta=["hflip"]))
     assert result["thresholds"] == tuned["thresholds"]
     onnx_path = Path(result["onnx"])
     net = OnnxNet(onnx_path)
-    assert net.tuned_thresholds["params"] == tuned["params"] and net.tuned_thresholds["tta"] == []
+    assert net.tuned_thresholds["params"] == tuned["params"] and net.tuned_thresholds["tta"] == ["hflip"]
     # Alone in another folder, the ONNX model predicts with the thresholds it carries.
     lonely = tmp_path / "lonely" / "model.onnx"
     lonely.parent.mkdir()
@@ -314,6 +314,8 @@ def test_export_carries_the_tuned_thresholds_and_their_binding(tmp_path):
     params, source = resolve_thresholds("auto", lonely, meta)
     assert params.to_dict() == tuned["params"] and source.startswith("tuned thresholds stored in")
     images = files["data"] / "test_images"
+    # tta: null follows the TTA the carried thresholds were tuned with (no thresholds.yaml beside it);
+    # otherwise the binding check would refuse this run ("tuned with tta=['hflip'], this run uses tta=[]")
     run(config(ckpt=str(lonely), runtime="onnx", images=str(images), out=str(tmp_path / "s.csv")))
     with pytest.raises(ValueError, match="tuned with tta"):
         run(

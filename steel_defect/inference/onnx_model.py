@@ -62,6 +62,15 @@ def parse_metadata(path: Path, props: Mapping[str, str]) -> dict[str, Any]:
     return meta
 
 
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The exported checkpoint's meta (``tuned_thresholds`` included) of an ONNX model, read with the onnx
+    package and without a session or the weights' external data (``tta: null`` needs only this)."""
+    onnx = require_onnx()
+    model = onnx.load(str(path), load_external_data=False)
+    meta = parse_metadata(Path(path), {p.key: p.value for p in model.metadata_props})
+    return dict(meta.get("meta") or {})
+
+
 def weights_fingerprint(
     model: bytes | str | os.PathLike, path: str | os.PathLike | None = None
 ) -> str | None:

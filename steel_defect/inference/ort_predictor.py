@@ -106,7 +106,7 @@ class OrtPredictor:
         amp: bool = False,
     ) -> OrtPredictor:
         """Load exported models (an ensemble when several) and resolve ``thresholds`` as ``predict.py``
-        does (auto: the tuned thresholds stored in the first model, else a thresholds.yaml beside it, else
+        does (auto: a thresholds.yaml beside the first model, else the tuned thresholds stored in it, else
         its stored post-processing); tuned thresholds are checked against the models' source fingerprints
         and the TTA unless ``check_thresholds`` is false. ``device``: cpu, or cuda (when onnxruntime has
         CUDA); ``runtime`` ``int8`` insists on quantised models; ``amp`` has no meaning here."""

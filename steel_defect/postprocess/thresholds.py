@@ -85,22 +85,25 @@ def thresholds_binding(source: str, meta: Mapping[str, Any] | None = None) -> di
     return {"fingerprints": list(file_meta["fingerprints"]), "tta": list(file_meta["tta"] or [])}
 
 
-def recorded_tta(thresholds: str, ckpt: str | os.PathLike) -> tuple[str, ...]:
-    """The TTA a thresholds file was tuned with, for ``tta: null`` (follow the thresholds): the file
-    ``thresholds`` names, or with ``auto`` the ``thresholds.yaml`` beside ``ckpt``; () when there is no such
-    file, it records no TTA, or ``thresholds`` is ``defaults``/``raw``. Reads only the file's meta."""
+def recorded_tta(
+    thresholds: str, ckpt: str | os.PathLike, model_meta: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """The TTA the thresholds of ``thresholds=...`` are bound to, for ``tta: null`` (follow the thresholds):
+    found in the order :func:`resolve_thresholds` uses (with ``auto``: the ``thresholds.yaml`` beside
+    ``ckpt``, else the tuned thresholds an ONNX model carries in ``model_meta``); () where nothing binds a
+    TTA (defaults, raw, untuned or pre-fingerprint thresholds). Reads metadata only."""
     if thresholds in ("defaults", "raw"):
         return ()
-    path = (
-        Path(ckpt).parent / THRESHOLDS_FILE if thresholds == "auto" else Path(os.path.expanduser(thresholds))
-    )
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+    if thresholds != "auto":
+        source = os.path.expanduser(thresholds)
+    elif (Path(ckpt).parent / THRESHOLDS_FILE).is_file():
+        source = str(Path(ckpt).parent / THRESHOLDS_FILE)
+    elif (model_meta or {}).get("tuned_thresholds"):
+        source = f"{STORED_TUNED} {ckpt}"
+    else:
         return ()
-    from steel_defect.postprocess.params import read_thresholds_yaml
-
-    doc = read_thresholds_yaml(path) or {}
-    meta = read_thresholds_meta(doc.get("meta") if isinstance(doc, Mapping) else None) or {}
-    return tuple(meta.get("tta") or ())
+    binding = thresholds_binding(source, model_meta)
+    return tuple(binding["tta"]) if binding else ()
 
 
 def check_thresholds_binding(

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from steel_defect.config import CONF_DIR, boolean, choice, fraction, integer, keys, path
+from steel_defect.inference.onnx_model import read_checkpoint_meta
 from steel_defect.inference.predictor import RUNTIMES, TTA_TRANSFORMS
-from steel_defect.postprocess.thresholds import THRESHOLD_MODES, recorded_tta
+from steel_defect.postprocess.thresholds import THRESHOLD_MODES, THRESHOLDS_FILE, recorded_tta
 from steel_defect.postprocess.tuning import check_pix_modes
 from steel_defect.run_record import resolve_ckpt_arg
 from steel_defect.submission import SUBMISSION_FORMATS
@@ -151,7 +152,13 @@ def _followed_tta(task: str, thresholds: str, ckpts: Sequence[Any]) -> tuple[str
     it), so that a model tuned under TTA is used under it; tuning tasks (which write thresholds) use none."""
     if task in ("tune", "tune_oof", "export", "quantize"):
         return ()
-    return recorded_tta(thresholds, ckpts[0])
+    first = Path(ckpts[0])
+    stored = (
+        thresholds == "auto" and first.suffix == ".onnx" and not (first.parent / THRESHOLDS_FILE).is_file()
+    )
+    return recorded_tta(
+        thresholds, first, read_checkpoint_meta(first) if stored and first.is_file() else None
+    )
 
 
 def _device(device: Any) -> str:

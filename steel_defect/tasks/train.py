@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
+from steel_defect.config import keys
 from steel_defect.run_record import read_run_record, write_run_record
 from steel_defect.tasks.config import parse_config
 from steel_defect.tasks.tune import run_tune_oof
@@ -130,7 +131,7 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
         ckpts.extend(read_run_record(record)[0])
         metrics.update({f"fold_{fold}/{k}": v for k, v in fold_metrics.items()})
     images, labels = _labels_for_tuning(cfg, base)
-    oof = cfg.get("oof") or {}
+    oof = keys("oof", cfg.get("oof"), ("tta", "min_gain_pairs"))  # a misspelt key fails, not ignored
     c = parse_config(
         {
             "task": "tune_oof",
