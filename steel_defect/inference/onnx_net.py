@@ -45,10 +45,8 @@ class OnnxNet(nn.Module):
     output_stride = property(lambda self: self.model.output_stride)
     config = property(lambda self: self.model.meta.get("net"))
 
-    @property
-    def source_fingerprint(self) -> str | None:
-        """Fingerprint of the checkpoint this model was exported from (see :mod:`steel_defect.fingerprint`)."""
-        return (self.meta.get("meta") or {}).get("fingerprint")
+    #: fingerprint of the checkpoint this model was exported from (:attr:`OrtModel.source_fingerprint`)
+    source_fingerprint = property(lambda self: self.model.source_fingerprint)
 
     @property
     def weights_fingerprint(self) -> str | None:

@@ -177,10 +177,7 @@ def load_nets(
                     f"runtime=int8: {path} is an fp32 export; quantise it first: python predict.py "
                     f"task=quantize ckpt={path} data.images=TRAIN_IMAGES (or run it with runtime=onnx)"
                 )
-            meta = dict(net.meta.get("meta") or {})
-            meta.setdefault(
-                "classes", [str(c + 1) for c in range(int(net.meta.get("classes") or NUM_CLASSES))]
-            )
+            meta = dict(net.model.inner)  # the exported checkpoint's meta, class names filled in
         nets.append(net)
         metas.append(dict(meta))
     classes = [m.get("classes") for m in metas]
